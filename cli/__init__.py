@@ -1,0 +1,1 @@
+"""The `mimi` and `moshi` command lines over mimi_codec and moshi_lm."""

@@ -1,0 +1,3 @@
+"""Moshi full-duplex speech LM over Mimi codec tokens."""
+
+__version__ = "0.1.0"
