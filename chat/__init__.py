@@ -1,0 +1,1 @@
+"""Full-duplex chat: backends, the websocket server and its web page."""

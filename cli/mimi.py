@@ -1,0 +1,16 @@
+"""`mimi`: compress speech to 1.1 kbps `.mimi` files and back."""
+
+from __future__ import annotations
+
+import click
+
+from mimi_moshi_cli._app import AppGroup
+
+LAZY_COMMANDS: dict[str, str] = {
+}
+
+
+@click.group(cls=AppGroup, lazy_commands=LAZY_COMMANDS)
+@click.version_option(package_name="mimi-moshi")
+def main() -> None:
+    """Mimi neural speech codec: 24 kHz speech <-> 12.5 frames/s of 11-bit tokens."""

@@ -1,0 +1,16 @@
+"""`moshi`: full-duplex voice dialogue with the Moshi speech LM."""
+
+from __future__ import annotations
+
+import click
+
+from mimi_moshi_cli._app import AppGroup
+
+LAZY_COMMANDS: dict[str, str] = {
+}
+
+
+@click.group(cls=AppGroup, lazy_commands=LAZY_COMMANDS)
+@click.version_option(package_name="mimi-moshi")
+def main() -> None:
+    """Moshi full-duplex speech LM: serve it, chat with it, quantize it."""
