@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -17,7 +17,7 @@ import click
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, click.ClickException)
 
 
-def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def fail(message: str) -> NoReturn:
     """Print `message` as one red line on stderr and exit with code 2."""
     from rich.console import Console
 
