@@ -1,0 +1,172 @@
+"""Official checkpoint layout <-> this package's module names, through one rename table.
+
+Official names (those of tokenizer-e351c8d8-checkpoint125.safetensors) load as they are.
+Also accepted: split attention names (`in_projs.0.weight`, `out_projs.0.weight`) and the
+legacy codebook names (`embed_sum`, `embed_avg`, `cluster_size`, `inited`). Loading is
+strict: any missing, unexpected or misshapen tensor is an error that names them all.
+Only safetensors files are read or written.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .models.mimi import MimiModel
+
+# (official name, our name). `{x}` matches one dotted component, `{rest}` the remaining ones.
+RENAMES: list[tuple[str, str]] = [
+    ("{side}.model.{i}.conv.conv.{p}", "{side}.model.{i}.{p}"),
+    ("{side}.model.{i}.convtr.convtr.{p}", "{side}.model.{i}.{p}"),
+    ("{side}.model.{i}.block.{j}.conv.conv.{p}", "{side}.model.{i}.block.{j}.{p}"),
+    ("{side}.model.{i}.shortcut.conv.conv.{p}", "{side}.model.{i}.shortcut.{p}"),
+    ("downsample.conv.conv.conv.weight", "downsample.weight"),
+    ("upsample.convtr.convtr.convtr.weight", "upsample.weight"),
+    ("{tr}.transformer.layers.{i}.self_attn.in_proj_weight", "{tr}.layers.{i}.self_attn.in_proj.weight"),
+    ("{tr}.transformer.layers.{i}.{rest}", "{tr}.layers.{i}.{rest}"),
+    ("{tr}.input_proj.weight", "{tr}.input_proj.weight"),
+    ("{tr}.output_projs.0.weight", "{tr}.output_proj.weight"),
+    ("quantizer.rvq_first.vq.layers.{i}._codebook.{b}", "quantizer.semantic.codebooks.{i}.{b}"),
+    ("quantizer.rvq_rest.vq.layers.{i}._codebook.{b}", "quantizer.acoustic.codebooks.{i}.{b}"),
+    ("quantizer.rvq_first.{proj}.weight", "quantizer.semantic.{proj}.weight"),
+    ("quantizer.rvq_rest.{proj}.weight", "quantizer.acoustic.{proj}.weight"),
+]
+
+# Other spellings of official names: (alias suffix, official suffix).
+ALIASES: list[tuple[str, str]] = [
+    (".self_attn.in_projs.0.weight", ".self_attn.in_proj_weight"),
+    (".self_attn.in_proj.weight", ".self_attn.in_proj_weight"),
+    (".self_attn.out_projs.0.weight", ".self_attn.out_proj.weight"),
+    ("._codebook.embed_sum", "._codebook.embedding_sum"),
+    ("._codebook.embed_avg", "._codebook.embedding_sum"),
+    ("._codebook.cluster_size", "._codebook.cluster_usage"),
+    ("._codebook.inited", "._codebook._initialized"),
+]
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{\w+\})", template)
+    out = []
+    for part in parts:
+        if part.startswith("{"):
+            name = part[1:-1]
+            out.append(f"(?P<{name}>.+)" if name == "rest" else f"(?P<{name}>[^.]+)")
+        else:
+            out.append(re.escape(part))
+    return re.compile("".join(out) + r"\Z")
+
+
+_FORWARD = [(_compile(a), b) for a, b in RENAMES]
+_BACKWARD = [(_compile(b), a) for a, b in RENAMES]
+
+
+def _apply(name: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, target in table:
+        m = pattern.match(name)
+        if m:
+            return target.format(**m.groupdict())
+    return None
+
+
+def official_to_internal(name: str) -> str | None:
+    """Our module name for an official (or alias) tensor name; None if it matches no rule."""
+    for alias, official in ALIASES:
+        if name.endswith(alias):
+            name = name[: -len(alias)] + official
+            break
+    return _apply(name, _FORWARD)
+
+
+def internal_to_official(name: str, model: MimiModel) -> str:
+    """The official checkpoint name of one of `model`'s state-dict names."""
+    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    transposed = isinstance(owner, torch.nn.ConvTranspose1d)
+    for pattern, target in _BACKWARD:
+        m = pattern.match(name)
+        if m and ("convtr" in target) == transposed:
+            return target.format(**m.groupdict())
+    raise AssertionError(f"no official name for {name}")
+
+
+def official_state_dict(model: MimiModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under their official names (318 for the official architecture)."""
+    return {internal_to_official(k, model): v for k, v in model.state_dict().items()}
+
+
+def _fmt(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_state(model: MimiModel, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load official-layout tensors into `model`, strictly.
+
+    Args:
+        model: the model to fill.
+        tensors: name -> tensor, official names or the accepted aliases.
+        source: how to name the origin in error messages.
+    Raises:
+        ValueError: listing missing, unexpected, duplicated or misshapen tensors.
+    """
+    expected = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unexpected: list[str] = []
+    duplicated: list[str] = []
+    for name, tensor in tensors.items():
+        internal = official_to_internal(name)
+        if internal is None or internal not in expected:
+            unexpected.append(name)
+        elif internal in mapped:
+            duplicated.append(f"{origin[internal]} / {name}")
+        else:
+            mapped[internal] = tensor
+            origin[internal] = name
+    missing = sorted(internal_to_official(k, model) for k in expected if k not in mapped)
+    bad_shape = sorted(f"{origin[k]} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+                       for k, v in mapped.items() if tuple(v.shape) != tuple(expected[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {_fmt(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_fmt(sorted(unexpected))}")
+    if duplicated:
+        problems.append(f"tensors given twice: {_fmt(sorted(duplicated))}")
+    if bad_shape:
+        problems.append(f"wrong shapes: {_fmt(bad_shape)}")
+    if problems:
+        raise ValueError(f"{source} does not match the Mimi architecture; " + "; ".join(problems))
+    model.load_state_dict(mapped, strict=True)
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read every tensor of a safetensors file (on CPU).
+
+    Raises:
+        ValueError: if the file is not safetensors (pickled .pt/.bin files are refused).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"weights file {str(path)!r} is not a readable safetensors file ({exc}); "
+                         "only safetensors checkpoints are supported") from exc
+
+
+def save_mimi(model: MimiModel, path: str | Path) -> None:
+    """Save the model's weights as safetensors in the official checkpoint layout.
+
+    Args:
+        model: the model to save.
+        path: target file (overwritten).
+    """
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in official_state_dict(model).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})

@@ -1,0 +1,303 @@
+"""The Mimi codec: SEANet encoder -> transformer -> stride-2 downsample -> split RVQ, and back.
+
+Every path runs the streaming code: a whole-file `encode`/`decode` creates a fresh state and
+feeds the input through it in chunks of `chunk_frames` frames, so memory does not grow with
+the length and the result cannot drift from frame-by-frame streaming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..config import MimiConfig
+from ..modules.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
+from ..modules.seanet import SeanetDecoder, SeanetEncoder, SeanetState
+from ..modules.transformer import Transformer, TransformerState
+from ..quantization.rvq import SplitResidualVQ
+
+DEFAULT_CHUNK_FRAMES = 64
+
+
+@dataclass
+class EncoderState:
+    """Streaming state of the encode path (audio -> codes)."""
+
+    seanet: SeanetState
+    transformer: TransformerState
+    downsample: ConvState
+
+    def reset(self) -> None:
+        """Back to the start of a stream."""
+        self.seanet.reset()
+        self.transformer.reset()
+        self.downsample.reset()
+
+
+@dataclass
+class DecoderState:
+    """Streaming state of the decode path (codes -> audio)."""
+
+    upsample: ConvTrState
+    transformer: TransformerState
+    seanet: SeanetState
+
+    def reset(self) -> None:
+        """Back to the start of a stream."""
+        self.upsample.reset()
+        self.transformer.reset()
+        self.seanet.reset()
+
+
+@dataclass
+class MimiState:
+    """Streaming state of a whole Mimi model; encoder and decoder streams are independent."""
+
+    batch_size: int
+    encoder: EncoderState
+    decoder: DecoderState
+
+    def reset(self) -> None:
+        """Back to the start of both streams."""
+        self.encoder.reset()
+        self.decoder.reset()
+
+
+class MimiModel(nn.Module):
+    """Mimi neural speech codec (24 kHz mono <-> 12.5 Hz frames of up to 32 codes).
+
+    Args:
+        config: the architecture; MimiConfig() is the official Mimi.
+        num_codebooks: codebooks `encode` returns by default (8 in the official use).
+    """
+
+    def __init__(self, config: MimiConfig | None = None, num_codebooks: int = 8) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else MimiConfig()
+        self._num_codebooks = 0
+        stride = config.resample_stride
+        dim = config.seanet.dimension
+        self.encoder = SeanetEncoder(config.seanet)
+        self.encoder_transformer = Transformer(config.transformer)
+        self.downsample = CausalConv1d(dim, dim, 2 * stride, stride=stride, bias=False,
+                                       pad_mode="replicate")
+        self.quantizer = SplitResidualVQ(config.quantizer)
+        self.upsample = CausalConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim,
+                                              bias=False)
+        self.decoder_transformer = Transformer(config.transformer)
+        self.decoder = SeanetDecoder(config.seanet)
+        self.num_codebooks = num_codebooks
+        self.chunk_frames = DEFAULT_CHUNK_FRAMES
+        self._stream: MimiState | None = None
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def sample_rate(self) -> int:
+        """Audio sample rate in Hz (24000)."""
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        """Codec frames per second (12.5)."""
+        return self.config.frame_rate
+
+    @property
+    def frame_size(self) -> int:
+        """Audio samples per frame (1920)."""
+        return self.config.frame_size
+
+    @property
+    def channels(self) -> int:
+        """Audio channels (1)."""
+        return self.config.channels
+
+    @property
+    def cardinality(self) -> int:
+        """Entries per codebook (2048)."""
+        return self.config.quantizer.bins
+
+    @property
+    def total_codebooks(self) -> int:
+        """Codebooks the quantizer has (32)."""
+        return self.config.quantizer.n_q
+
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks `encode` returns when not told otherwise."""
+        return self._num_codebooks
+
+    @num_codebooks.setter
+    def num_codebooks(self, n: int) -> None:
+        self._num_codebooks = self._check_num_codebooks(n)
+
+    @property
+    def is_streaming(self) -> bool:
+        """True inside `with model.streaming(...)`."""
+        return self._stream is not None
+
+    def _check_num_codebooks(self, n: object) -> int:
+        lo = self.config.quantizer.n_q_semantic
+        if isinstance(n, bool) or not isinstance(n, int) or not lo <= n <= self.total_codebooks:
+            raise ValueError(f"num_codebooks {n!r}: expected an int in {lo}..{self.total_codebooks}")
+        return n
+
+    def _param(self) -> torch.Tensor:
+        return self.encoder.model[0].weight
+
+    # ------------------------------------------------------------------ streaming
+    def init_state(self, batch_size: int) -> MimiState:
+        """A fresh streaming state for `batch_size` streams (what `streaming()` uses)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size {batch_size!r}: expected a positive int")
+        enc = EncoderState(self.encoder.init_state(batch_size),
+                           self.encoder_transformer.init_state(batch_size),
+                           self.downsample.init_state(batch_size))
+        dec = DecoderState(self.upsample.init_state(batch_size),
+                           self.decoder_transformer.init_state(batch_size),
+                           self.decoder.init_state(batch_size))
+        return MimiState(batch_size, enc, dec)
+
+    @contextlib.contextmanager
+    def streaming(self, batch_size: int = 1) -> Iterator[MimiState]:
+        """Stream: inside, `encode` takes whole frames and `decode` any frames, state kept.
+
+        Args:
+            batch_size: number of parallel streams B; every call must use this B.
+        Yields:
+            the MimiState (call `.reset()` on it to start new streams).
+        """
+        if self._stream is not None:
+            raise ValueError("already streaming: streaming() contexts cannot be nested")
+        self._stream = self.init_state(batch_size)
+        try:
+            yield self._stream
+        finally:
+            self._stream = None
+
+    # --------------------------------------------------------------------- checks
+    def _check_wav(self, wav: object) -> torch.Tensor:
+        if not isinstance(wav, torch.Tensor):
+            raise ValueError(f"wav: expected a torch.Tensor [B, 1, T], got {type(wav).__name__}")
+        if wav.dim() != 3 or wav.shape[1] != self.channels:
+            raise ValueError(f"wav shape {tuple(wav.shape)}: expected [B, {self.channels}, T]")
+        if not wav.dtype.is_floating_point:
+            raise ValueError(f"wav dtype {wav.dtype}: expected a floating point tensor")
+        if wav.shape[0] == 0:
+            raise ValueError("wav batch size 0: expected B >= 1")
+        p = self._param()
+        return wav.to(device=p.device, dtype=p.dtype)
+
+    def _check_codes(self, codes: object) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor):
+            raise ValueError(f"codes: expected a torch.Tensor [B, K, F], got {type(codes).__name__}")
+        if codes.dim() != 3:
+            raise ValueError(f"codes shape {tuple(codes.shape)}: expected [B, K, F]")
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise ValueError(f"codes dtype {codes.dtype}: expected an integer tensor")
+        if codes.shape[0] == 0:
+            raise ValueError("codes batch size 0: expected B >= 1")
+        lo = self.config.quantizer.n_q_semantic
+        if not lo <= codes.shape[1] <= self.total_codebooks:
+            raise ValueError(f"codes have K={codes.shape[1]} codebooks: expected {lo}..{self.total_codebooks}")
+        if codes.numel():
+            cmin, cmax = int(codes.min()), int(codes.max())
+            if cmin < 0 or cmax >= self.cardinality:
+                bad = cmin if cmin < 0 else cmax
+                raise ValueError(f"code value {bad}: expected codes in 0..{self.cardinality - 1}")
+        return codes.to(device=self._param().device, dtype=torch.long)
+
+    def _check_batch(self, b: int) -> None:
+        assert self._stream is not None
+        if b != self._stream.batch_size:
+            raise ValueError(f"batch size {b}: this stream was opened with batch_size "
+                             f"{self._stream.batch_size}")
+
+    # --------------------------------------------------------------------- encode
+    def _encode_chunk(self, x: torch.Tensor, state: EncoderState, n_q: int) -> torch.Tensor:
+        emb = self.encoder(x, state.seanet)
+        emb = self.encoder_transformer(emb, state.transformer)
+        emb = self.downsample(emb, state.downsample)
+        return self.quantizer.encode(emb, n_q)
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, num_codebooks: int | None = None) -> torch.Tensor:
+        """Encode audio to codes.
+
+        Outside streaming, T may be any length: the audio is padded with zeros at the end
+        to whole frames, so F = ceil(T / frame_size). Inside `streaming()`, T must be a
+        positive multiple of frame_size and the state carries over to the next call.
+
+        Args:
+            wav: [B, 1, T] float audio at `sample_rate`.
+            num_codebooks: K, 1..32; None for `self.num_codebooks`.
+        Returns:
+            codes: [B, K, F] int64 in 0..2047.
+        """
+        n_q = self.num_codebooks if num_codebooks is None else self._check_num_codebooks(num_codebooks)
+        wav = self._check_wav(wav)
+        B, _, T = wav.shape
+        fs = self.frame_size
+        if self._stream is not None:
+            self._check_batch(B)
+            if T == 0 or T % fs:
+                raise ValueError(f"input length {T} is not a positive multiple of the frame size "
+                                 f"{fs}; buffer audio to whole frames when streaming")
+            return self._encode_chunk(wav, self._stream.encoder, n_q)
+        frames = -(-T // fs)
+        if frames * fs != T:
+            wav = torch.nn.functional.pad(wav, (0, frames * fs - T))
+        state = self.init_state(B).encoder
+        step = self.chunk_frames * fs
+        chunks = [self._encode_chunk(wav[..., i: i + step], state, n_q)
+                  for i in range(0, frames * fs, step)]
+        if not chunks:
+            return torch.zeros(B, n_q, 0, dtype=torch.long, device=wav.device)
+        return torch.cat(chunks, dim=-1)
+
+    # --------------------------------------------------------------------- decode
+    @torch.no_grad()
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes to the quantized latent that feeds the decoder.
+
+        Args:
+            codes: [B, K, F] int codes in 0..2047, 1 <= K <= 32.
+        Returns:
+            [B, D, F] float latent (D = 512 for Mimi).
+        """
+        return self.quantizer.decode(self._check_codes(codes))
+
+    def _decode_chunk(self, codes: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        emb = self.quantizer.decode(codes)
+        emb = self.upsample(emb, state.upsample)
+        emb = self.decoder_transformer(emb, state.transformer)
+        return self.decoder(emb, state.seanet)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decode codes to audio; inside `streaming()` the state carries over between calls.
+
+        Args:
+            codes: [B, K, F] int codes in 0..2047, 1 <= K <= 32.
+        Returns:
+            wav: [B, 1, F * frame_size] float audio.
+        """
+        codes = self._check_codes(codes)
+        B, _, F = codes.shape
+        if self._stream is not None:
+            self._check_batch(B)
+            if F == 0:
+                p = self._param()
+                return torch.zeros(B, self.channels, 0, dtype=p.dtype, device=p.device)
+            return self._decode_chunk(codes, self._stream.decoder)
+        p = self._param()
+        out = torch.empty(B, self.channels, F * self.frame_size, dtype=p.dtype, device=p.device)
+        state = self.init_state(B).decoder
+        n = self.chunk_frames
+        for i in range(0, F, n):
+            j = min(F, i + n)
+            out[..., i * self.frame_size: j * self.frame_size] = self._decode_chunk(codes[..., i:j], state)
+        return out

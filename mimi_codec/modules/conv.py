@@ -1,0 +1,132 @@
+"""Causal 1-d convolutions that stream: a conv keeps its left context, a transposed conv
+keeps the overlap it still owes to the next call.
+
+The whole-input path runs the same `forward` with a fresh (zero) state, so the two
+cannot drift apart: a fresh `ConvState` is exactly the causal left padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class ConvState:
+    """Streaming state of a `CausalConv1d`.
+
+    Attributes:
+        previous: [B, C_in, K_eff - stride] the last inputs, left context for the next call.
+        first: True until the first call ("replicate" padding fills `previous` then).
+    """
+
+    previous: torch.Tensor
+    first: bool = True
+
+    def reset(self) -> None:
+        """Back to the start of a stream."""
+        self.previous.zero_()
+        self.first = True
+
+
+@dataclass
+class ConvTrState:
+    """Streaming state of a `CausalConvTranspose1d`.
+
+    Attributes:
+        partial: [B, C_out, K - stride] overlap-add contribution owed to the next call (no bias).
+    """
+
+    partial: torch.Tensor
+
+    def reset(self) -> None:
+        """Back to the start of a stream."""
+        self.partial.zero_()
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d with causal left padding (zeros or replicate of the first sample).
+
+    Output step t sees inputs up to t * stride + stride - 1; an input of length T (a multiple
+    of the stride) gives T / stride outputs.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, bias: bool = True,
+                 pad_mode: str = "constant") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         dilation=dilation, groups=groups, bias=bias)
+        if pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"pad_mode: expected 'constant' or 'replicate', got {pad_mode!r}")
+        self.pad_mode = pad_mode
+        self.context = (kernel_size - 1) * dilation + 1 - stride
+
+    def init_state(self, batch_size: int) -> ConvState:
+        """A fresh state for `batch_size` streams."""
+        prev = torch.zeros(batch_size, self.in_channels, self.context,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        return ConvState(prev)
+
+    def forward(self, x: torch.Tensor, state: ConvState | None = None) -> torch.Tensor:  # type: ignore[override]
+        """Args:
+            x: [B, C_in, T] with T a positive multiple of the stride.
+            state: streaming state, updated in place; None for a fresh one.
+        Returns:
+            [B, C_out, T / stride]
+        """
+        assert x.shape[-1] % self.stride[0] == 0, "length must be a multiple of the stride"
+        if state is None:
+            state = self.init_state(x.shape[0])
+        ctx = self.context
+        if ctx:
+            if state.first and self.pad_mode == "replicate":
+                state.previous.copy_(x[..., :1].expand_as(state.previous))
+            x = torch.cat([state.previous, x], dim=-1)
+            state.previous.copy_(x[..., x.shape[-1] - ctx:])
+        state.first = False
+        return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class CausalConvTranspose1d(nn.ConvTranspose1d):
+    """ConvTranspose1d whose trailing K - stride outputs are carried to the next call.
+
+    An input of T steps gives T * stride outputs; what the last inputs contribute beyond
+    that is kept (without bias) and added to the start of the next call's output.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         groups=groups, bias=bias)
+        self.overlap = kernel_size - stride
+        if self.overlap < 0:
+            raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
+
+    def init_state(self, batch_size: int) -> ConvTrState:
+        """A fresh state for `batch_size` streams."""
+        partial = torch.zeros(batch_size, self.out_channels, self.overlap,
+                              device=self.weight.device, dtype=self.weight.dtype)
+        return ConvTrState(partial)
+
+    def forward(self, x: torch.Tensor, state: ConvTrState | None = None) -> torch.Tensor:  # type: ignore[override]
+        """Args:
+            x: [B, C_in, T]
+            state: streaming state, updated in place; None for a fresh one.
+        Returns:
+            [B, C_out, T * stride]
+        """
+        if state is None:
+            state = self.init_state(x.shape[0])
+        y = F.conv_transpose1d(x, self.weight, self.bias, self.stride, 0, 0, self.groups)
+        pt = self.overlap
+        if pt:
+            y[..., :pt] += state.partial
+            tail = y[..., y.shape[-1] - pt:]
+            if self.bias is not None:
+                tail = tail - self.bias[:, None]
+            state.partial.copy_(tail)
+            y = y[..., : y.shape[-1] - pt]
+        return y

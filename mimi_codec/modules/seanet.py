@@ -1,0 +1,156 @@
+"""SEANet encoder and decoder: causal convolutions, ELU, residual blocks.
+
+Layers live in `model` lists whose indices follow the official checkpoint, so a layer's
+name in the state dict tells where it sits (e.g. `encoder.model.3` is the first strided conv).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import SeanetConfig
+from .conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
+
+@dataclass
+class ResBlockState:
+    """Streaming state of a residual block: one per convolution (shortcut None if identity)."""
+
+    convs: list[ConvState]
+    shortcut: ConvState | None = None
+
+    def reset(self) -> None:
+        """Back to the start of a stream."""
+        for s in self.convs:
+            s.reset()
+        if self.shortcut is not None:
+            self.shortcut.reset()
+
+
+@dataclass
+class SeanetState:
+    """Streaming state of a SEANet encoder or decoder: one entry per layer (None: stateless)."""
+
+    layers: list[ConvState | ConvTrState | ResBlockState | None] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Back to the start of a stream."""
+        for s in self.layers:
+            if s is not None:
+                s.reset()
+
+
+class ResBlock(nn.Module):
+    """x + conv1x1(ELU(conv_k(ELU(x)))), the hidden width being dim // compress."""
+
+    def __init__(self, dim: int, cfg: SeanetConfig, dilation: int) -> None:
+        super().__init__()
+        hidden = dim // cfg.compress
+        self.block = nn.ModuleList([
+            nn.ELU(),
+            CausalConv1d(dim, hidden, cfg.residual_kernel_size, dilation=dilation,
+                         pad_mode=cfg.pad_mode),
+            nn.ELU(),
+            CausalConv1d(hidden, dim, 1, pad_mode=cfg.pad_mode),
+        ])
+        self.shortcut: CausalConv1d | None = (
+            None if cfg.true_skip else CausalConv1d(dim, dim, 1, pad_mode=cfg.pad_mode))
+
+    def init_state(self, batch_size: int) -> ResBlockState:
+        """A fresh state for `batch_size` streams."""
+        convs = [m.init_state(batch_size) for m in self.block if isinstance(m, CausalConv1d)]
+        short = self.shortcut.init_state(batch_size) if self.shortcut is not None else None
+        return ResBlockState(convs, short)
+
+    def forward(self, x: torch.Tensor, state: ResBlockState) -> torch.Tensor:
+        """Args:
+            x: [B, dim, T]
+        Returns:
+            [B, dim, T]
+        """
+        y = x
+        convs = iter(state.convs)
+        for m in self.block:
+            y = m(y, next(convs)) if isinstance(m, CausalConv1d) else m(y)
+        skip = x if self.shortcut is None else self.shortcut(x, state.shortcut)
+        return skip + y
+
+
+def _run(layers: nn.ModuleList, x: torch.Tensor, state: SeanetState) -> torch.Tensor:
+    for layer, st in zip(layers, state.layers):
+        x = layer(x) if st is None else layer(x, st)
+    return x
+
+
+def _init(layers: nn.ModuleList, batch_size: int) -> SeanetState:
+    return SeanetState([m.init_state(batch_size) if hasattr(m, "init_state") else None
+                        for m in layers])
+
+
+class SeanetEncoder(nn.Module):
+    """Audio [B, channels, T] -> latent [B, dimension, T / hop_length]."""
+
+    def __init__(self, cfg: SeanetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        mult = 1
+        layers: list[nn.Module] = [
+            CausalConv1d(cfg.channels, cfg.n_filters, cfg.kernel_size, pad_mode=cfg.pad_mode)]
+        for ratio in reversed(cfg.ratios):
+            width = mult * cfg.n_filters
+            for j in range(cfg.n_residual_layers):
+                layers.append(ResBlock(width, cfg, cfg.dilation_base ** j))
+            layers += [nn.ELU(), CausalConv1d(width, width * 2, ratio * 2, stride=ratio,
+                                              pad_mode=cfg.pad_mode)]
+            mult *= 2
+        layers += [nn.ELU(), CausalConv1d(mult * cfg.n_filters, cfg.dimension,
+                                          cfg.last_kernel_size, pad_mode=cfg.pad_mode)]
+        self.model = nn.ModuleList(layers)
+
+    def init_state(self, batch_size: int) -> SeanetState:
+        """A fresh state for `batch_size` streams."""
+        return _init(self.model, batch_size)
+
+    def forward(self, x: torch.Tensor, state: SeanetState) -> torch.Tensor:
+        """Args:
+            x: [B, channels, T] with T a multiple of hop_length.
+            state: streaming state, updated in place.
+        Returns:
+            [B, dimension, T / hop_length]
+        """
+        return _run(self.model, x, state)
+
+
+class SeanetDecoder(nn.Module):
+    """Latent [B, dimension, S] -> audio [B, channels, S * hop_length]."""
+
+    def __init__(self, cfg: SeanetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        mult = 2 ** len(cfg.ratios)
+        layers: list[nn.Module] = [
+            CausalConv1d(cfg.dimension, mult * cfg.n_filters, cfg.kernel_size, pad_mode=cfg.pad_mode)]
+        for ratio in cfg.ratios:
+            width = mult * cfg.n_filters
+            layers += [nn.ELU(), CausalConvTranspose1d(width, width // 2, ratio * 2, stride=ratio)]
+            for j in range(cfg.n_residual_layers):
+                layers.append(ResBlock(width // 2, cfg, cfg.dilation_base ** j))
+            mult //= 2
+        layers += [nn.ELU(), CausalConv1d(cfg.n_filters, cfg.channels, cfg.last_kernel_size,
+                                          pad_mode=cfg.pad_mode)]
+        self.model = nn.ModuleList(layers)
+
+    def init_state(self, batch_size: int) -> SeanetState:
+        """A fresh state for `batch_size` streams."""
+        return _init(self.model, batch_size)
+
+    def forward(self, z: torch.Tensor, state: SeanetState) -> torch.Tensor:
+        """Args:
+            z: [B, dimension, S]
+            state: streaming state, updated in place.
+        Returns:
+            [B, channels, S * hop_length]
+        """
+        return _run(self.model, z, state)
