@@ -6,6 +6,7 @@
     audio = model.decode(codes)              # -> [B, 1, F * 1920]
 """
 
+from .bitstream import MimiFormatError, MimiReader, MimiWriter, read_mimi, write_mimi
 from .checkpoint import load_state, official_state_dict, save_mimi
 from .config import PRESETS, MimiConfig, QuantizerConfig, SeanetConfig, TransformerConfig
 from .loaders import HF_REPO, MIMI_FILENAME, load_mimi
@@ -18,13 +19,18 @@ __all__ = [
     "MIMI_FILENAME",
     "PRESETS",
     "MimiConfig",
+    "MimiFormatError",
     "MimiModel",
+    "MimiReader",
     "MimiState",
+    "MimiWriter",
     "QuantizerConfig",
     "SeanetConfig",
     "TransformerConfig",
     "load_mimi",
     "load_state",
     "official_state_dict",
+    "read_mimi",
     "save_mimi",
+    "write_mimi",
 ]
