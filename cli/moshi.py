@@ -7,6 +7,8 @@ import click
 from mimi_moshi_cli._app import AppGroup
 
 LAZY_COMMANDS: dict[str, str] = {
+    "serve": "mimi_moshi_cli.serve:serve",
+    "chat": "mimi_moshi_cli.chat:chat",
 }
 
 
