@@ -98,14 +98,14 @@ class ChatClient:
 
     @classmethod
     async def connect(cls, url: str, settings: SamplingSettings | None = None, timeout: float = 60.0,
-                      ssl: Any = None) -> ChatClient:
+                      ssl: Any = True) -> ChatClient:
         """Open a session and wait for the server's handshake.
 
         Args:
             url: server address (see `chat_url`).
             settings: sampling settings for the query string.
             timeout: seconds to wait for the handshake.
-            ssl: passed to aiohttp (False to accept a self-signed certificate).
+            ssl: passed to aiohttp: True verifies certificates, False accepts a self-signed one.
 
         Raises:
             ServerError: the server sent an error (e.g. busy) or closed before the handshake.

@@ -66,7 +66,7 @@ async def converse(url: str | None, backend: str | None, options: object, input_
             err.print(f"[dim]loading the {backend} backend...[/]")
             url = await stack.enter_async_context(local_server(backend or "moshi", options))
         err.print(f"[dim]connecting to {url}[/]")
-        client = await ChatClient.connect(url, ssl=False if insecure else None)
+        client = await ChatClient.connect(url, ssl=not insecure)
         stack.push_async_callback(client.close)
         client.on_text = lambda piece: console.print(piece, end="", soft_wrap=True)
         client.on_error = lambda text: err.print(f"[red]server: {text}[/]")
