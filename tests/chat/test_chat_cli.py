@@ -1,0 +1,110 @@
+"""`moshi serve` + `moshi chat` as subprocesses; the moshi (tiny LM) and remote backends; https."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+from chatutil import DATA, LM, MIMI, moshi_exe, serve, speech
+
+from mimi_moshi_chat.client import ChatClient, stream_file
+
+
+def chat(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(moshi_exe() + ["chat", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory):
+    with serve(["--backend", "echo", *MIMI, "--max-sessions", "2"], tmp_path_factory.mktemp("cli")) as server:
+        yield server
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "realtime"])
+def test_chat_file_against_echo_server(echo_server, tmp_path, fast):
+    src = tmp_path / "speech.wav"
+    pcm = speech(2.0 if not fast else None)
+    sf.write(src, pcm, 24000)
+    out = tmp_path / "reply.wav"
+    r = chat("--url", echo_server.url, "--input", str(src), "--output", str(out), *(["--fast"] if fast else []))
+    assert r.returncode == 0, r.stderr
+    reply, rate = sf.read(out, dtype="float32")
+    assert rate == 24000 and len(reply) == len(pcm)  # the reply is as long as the input
+    assert np.abs(reply[12 * 1920:]).max() > 0.01  # the echo starts after the default 12-frame delay
+    assert "saved" in r.stderr and "latency per frame" in r.stderr
+    assert not list(tmp_path.glob(".reply.wav.*"))  # written atomically, no temp left
+
+
+def test_chat_refuses_to_overwrite_and_reports_a_dead_server(tmp_path):
+    out = tmp_path / "reply.wav"
+    out.write_bytes(b"keep")
+    r = chat("--url", "ws://127.0.0.1:9", "--input", str(DATA / "p240_00000.mp3"), "--output", str(out))
+    assert r.returncode == 2 and "already exists" in r.stderr and out.read_bytes() == b"keep"
+    r = chat("--url", "ws://127.0.0.1:9", "--input", str(DATA / "p240_00000.mp3"))
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_with_in_process_echo_backend(tmp_path):
+    out = tmp_path / "reply.wav"
+    r = chat("--backend", "echo", *MIMI, "--input", str(DATA / "metavoice_audio.wav"), "--output", str(out), "--fast")
+    assert r.returncode == 0, r.stderr
+    info = sf.info(DATA / "metavoice_audio.wav")
+    assert abs(sf.info(out).frames - round(info.frames * 24000 / info.samplerate)) <= 1
+
+
+def test_moshi_backend_sends_text_frames(tmp_path):
+    with serve(["--backend", "moshi", *MIMI, *LM], tmp_path) as server:
+        async def go():
+            async with await ChatClient.connect(server.url + "/api/chat?text_seed=3&audio_seed=3") as client:
+                return await stream_file(client, speech(1.2), realtime=False), client.received
+        conv, received = asyncio.run(go())
+    assert conv.errors == ()
+    assert received.text, "no text frames from the tiny LM"
+    assert all(isinstance(p, str) and "\u2581" not in p for p in received.text)
+    assert len(conv.reply) == len(speech(1.2)) and np.abs(conv.reply).max() > 0.0
+    assert received.metadata[0]["backend"] == "moshi"
+
+
+def test_remote_backend_relays_to_another_server(echo_server, tmp_path):
+    pcm = speech(2.0)
+
+    async def talk(url):
+        async with await ChatClient.connect(url) as client:
+            return await stream_file(client, pcm, realtime=False)
+
+    direct = asyncio.run(talk(echo_server.url))
+    with serve(["--backend", "remote", "--remote-url", echo_server.url], tmp_path) as relay:
+        relayed = asyncio.run(talk(relay.url))
+        assert "remote backend" in relay.log()
+    assert relayed.errors == () and len(relayed.reply) == len(pcm)
+    # The relay re-encodes Opus once more, and random-weight Mimi reacts chaotically to that, so the
+    # waveforms differ; the loudness envelope per frame still follows the direct echo closely.
+    def envelope(x):
+        return np.sqrt((x[: len(x) // 1920 * 1920].reshape(-1, 1920) ** 2).mean(axis=1))
+    corr = np.corrcoef(envelope(direct.reply)[12:], envelope(relayed.reply)[12:])[0, 1]
+    print(f"relay vs direct envelope correlation {corr:.3f}")
+    assert corr > 0.8
+
+
+def test_https_with_ssl_dir(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "1", "-subj", "/CN=localhost"], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {r.stderr[-200:]!r}")
+    with serve(["--backend", "echo", *MIMI, "--ssl", str(tmp_path)], tmp_path, scheme="https") as server:
+        async def go():
+            async with await ChatClient.connect(server.url, ssl=False) as client:
+                return await stream_file(client, speech(0.8), realtime=False)
+        conv = asyncio.run(go())
+        assert "https://127.0.0.1" in server.log()
+    assert conv.errors == () and np.abs(conv.reply).max() > 0.0
+
+
+def test_serve_ssl_dir_without_files(tmp_path):
+    r = subprocess.run(moshi_exe() + ["serve", "--backend", "echo", *MIMI, "--ssl", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "has no cert.pem" in r.stderr
