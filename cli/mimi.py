@@ -7,6 +7,10 @@ import click
 from mimi_moshi_cli._app import AppGroup
 
 LAZY_COMMANDS: dict[str, str] = {
+    "encode": "mimi_moshi_cli.mimi_encode:encode",
+    "decode": "mimi_moshi_cli.mimi_decode:decode",
+    "roundtrip": "mimi_moshi_cli.mimi_decode:roundtrip",
+    "info": "mimi_moshi_cli.mimi_info:info",
 }
 
 

@@ -1,0 +1,186 @@
+"""`mimi decode` (.mimi -> audio) and `mimi roundtrip` (audio -> codes -> audio in one go)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+import numpy as np
+
+from mimi_moshi_cli._app import fail
+from mimi_moshi_cli._io import atomic_path
+from mimi_moshi_cli.mimi_common import (
+    ChunkDecoder,
+    Progress,
+    check_header_matches_model,
+    common_options,
+    is_stdio,
+    load_model,
+    model_options,
+    say,
+    warn,
+)
+
+
+def _output_length(header: Any, decoded: int, out_rate: int | None, intact: bool) -> int | None:
+    """Samples to write at out_rate: the input's exact length when the header tells it."""
+    if out_rate is None or out_rate == header.sample_rate:
+        return None
+    src_rate, src_len = header.extra.get("source_sample_rate"), header.extra.get("source_num_samples")
+    if intact and src_rate == out_rate and isinstance(src_len, int) and header.num_samples == decoded:
+        return src_len
+    return None
+
+
+def decode_stream(model: Any, file: BinaryIO, name: str, salvage: bool, quiet: bool) -> tuple[np.ndarray, Any]:
+    """Read and decode a .mimi stream packet by packet (decoding starts while a pipe is still
+    delivering), trimmed to `num_samples`.
+
+    Returns:
+        (audio [T] float32 at model.sample_rate, the MimiReader after reading).
+    """
+    from mimi_codec.bitstream import MimiReader
+
+    reader = MimiReader(file, salvage=salvage, source=name)
+    header = reader.header
+    check_header_matches_model(header, model, name)
+    total = header.expected_frames or 0
+    with model.streaming(1), Progress(f"decoding {name}", total, quiet) as progress:
+        decoder = ChunkDecoder(model, header.num_codebooks)
+        for codes in reader:
+            progress.advance(decoder.feed(codes))
+        wav = decoder.finish()
+    if header.num_samples is not None and reader.complete:
+        wav = wav[: header.num_samples]
+    elif header.num_samples is not None:  # salvaged: never more than the file said
+        wav = wav[: min(len(wav), header.num_samples)]
+    return wav, reader
+
+
+def _same_weights(a: str, b: str) -> bool:
+    """Model ids name the same weights: equal, or local files with the same content hash."""
+    if a == b:
+        return True
+    hash_a, hash_b = a.partition("@sha256:")[2], b.partition("@sha256:")[2]
+    return bool(hash_a) and hash_a == hash_b
+
+
+def _check_model_field(header_model: str, ours: str, name: str) -> None:
+    if not _same_weights(header_model, ours):
+        warn(f"{name} was made with weights {header_model!r}, decoding with {ours!r}")
+
+
+def _write_audio(out: str, wav: np.ndarray, rate: int, out_rate: int | None, length: int | None, force: bool) -> int:
+    from mimi_codec.audio import format_for_name, save_audio
+
+    if is_stdio(out):
+        buf = io.BytesIO()
+        n = save_audio(buf, wav, rate, out_rate, length, format="WAV")
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return n
+    fmt = format_for_name(out)
+    with atomic_path(out, force) as tmp:
+        return save_audio(tmp, wav, rate, out_rate, length, format=fmt)
+
+
+def _precheck(src: str, out: str, force: bool) -> None:
+    if not is_stdio(src) and not Path(src).exists():
+        fail(f"input {src} does not exist")
+    if not is_stdio(out):
+        from mimi_codec.audio import format_for_name
+
+        format_for_name(out)
+        if Path(out).exists() and not force:
+            fail(f"output {out} already exists (use --force to overwrite)")
+
+
+sample_rate_option = click.option(
+    "--sample-rate", type=click.IntRange(min=1), default=None, metavar="HZ",
+    help="Resample the output to HZ (default: the codec's 24000). At the input's own rate the "
+         "output has exactly the input's length.",
+)
+
+
+@click.command("decode")
+@click.argument("src", metavar="IN.mimi")
+@click.argument("out", metavar="OUT.wav")
+@sample_rate_option
+@click.option("--salvage", is_flag=True, help="Decode every intact frame of a damaged file instead of failing.")
+@model_options
+@common_options
+def decode(
+    src: str, out: str, sample_rate: int | None, salvage: bool,
+    weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
+) -> None:
+    """Decode a .mimi file to audio (24 kHz wav by default; .flac/.ogg by extension).
+
+    \b
+      mimi decode talk.mimi talk.wav
+      mimi decode talk.mimi talk.wav --sample-rate 48000
+      mimi decode damaged.mimi partial.wav --salvage
+    """
+    _precheck(src, out, force)
+    model, name = load_model(weights, config, device)
+    if is_stdio(src):
+        wav, reader = decode_stream(model, sys.stdin.buffer, "<stdin>", salvage, quiet)
+    else:
+        with open(src, "rb") as f:
+            wav, reader = decode_stream(model, f, src, salvage, quiet)
+    header = reader.header
+    _check_model_field(header.model, name, src)
+    if reader.error is not None:
+        warn(f"{reader.error}; decoded the {reader.stats.num_frames} intact frames before it")
+    length = _output_length(header, len(wav), sample_rate, reader.error is None)
+    n = _write_audio(out, wav, model.sample_rate, sample_rate, length, force)
+    rate = sample_rate or model.sample_rate
+    say(quiet, f"wrote {'stdout' if is_stdio(out) else out}: {n:,} samples at {rate} Hz ({n / rate:.2f} s)")
+
+
+@click.command("roundtrip")
+@click.argument("src", metavar="IN")
+@click.argument("out", metavar="OUT.wav")
+@click.option("-q", "--codebooks", type=click.IntRange(1, 32), default=8, show_default=True,
+              help="Codebooks per frame: 8 = 1.1 kbps, 32 = 4.4 kbps.")
+@sample_rate_option
+@model_options
+@common_options
+def roundtrip(
+    src: str, out: str, codebooks: int, sample_rate: int | None,
+    weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
+) -> None:
+    """Encode to .mimi and decode back in one go; prints the bitrate and the .mimi size.
+
+    \b
+      mimi roundtrip talk.wav talk_1k1.wav
+      mimi roundtrip talk.wav talk_4k4.wav -q 32
+    """
+    from mimi_moshi_cli.mimi_encode import encode_files
+
+    _precheck(src, out, force)
+    model, name = load_model(weights, config, device, codebooks)
+    with tempfile.TemporaryDirectory(prefix="mimi-roundtrip-") as tmpdir:
+        # the codes go through a real .mimi file, as `encode` then `decode` would
+        mimi_path = str(Path(tmpdir) / "codes.mimi")
+        results = encode_files(model, name, [(src, mimi_path)], codebooks, True, quiet)
+        with open(mimi_path, "rb") as f:
+            wav, reader = decode_stream(model, f, src, False, quiet)
+    _, frames, _, size = results[0]
+    header = reader.header
+    length = _output_length(header, len(wav), sample_rate, True)
+    n = _write_audio(out, wav, model.sample_rate, sample_rate, length, force)
+    seconds = header.num_samples / header.sample_rate
+    stats = reader.stats
+    rate = sample_rate or model.sample_rate
+    click.echo(
+        f"{src}: {seconds:.2f} s, {codebooks} codebooks x {header.codebook_bits} bits, {frames} frames: "
+        f"{header.bitrate:,.0f} bit/s of codes; .mimi {size:,} bytes = header {stats.header_bytes} + "
+        f"payload {stats.payload_bytes:,} + framing {stats.framing_bytes} "
+        f"({size * 8 / seconds:,.0f} bit/s in all) -> {'stdout' if is_stdio(out) else out} "
+        f"({n:,} samples at {rate} Hz)",
+        err=is_stdio(out),
+    )
