@@ -103,13 +103,15 @@ def _fmt(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_state(model: MimiModel, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state(model: MimiModel, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint",
+               assign: bool = False) -> None:
     """Load official-layout tensors into `model`, strictly.
 
     Args:
         model: the model to fill.
         tensors: name -> tensor, official names or the accepted aliases.
         source: how to name the origin in error messages.
+        assign: take the given tensors as the model's (no copy; needed for a meta-device model).
     Raises:
         ValueError: listing missing, unexpected, duplicated or misshapen tensors.
     """
@@ -141,7 +143,7 @@ def load_state(model: MimiModel, tensors: Mapping[str, torch.Tensor], source: st
         problems.append(f"wrong shapes: {_fmt(bad_shape)}")
     if problems:
         raise ValueError(f"{source} does not match the Mimi architecture; " + "; ".join(problems))
-    model.load_state_dict(mapped, strict=True)
+    model.load_state_dict(mapped, strict=True, assign=assign)
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -59,7 +59,10 @@ def load_mimi(
     cfg = MimiConfig.load(config)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype {dtype!r}: expected a floating torch dtype")
-    model = MimiModel(cfg, num_codebooks=num_codebooks)
     path = fetch_official_weights() if weights is None else Path(weights)
-    load_state(model, read_safetensors(path), source=f"weights file {str(path)!r}")
+    tensors = read_safetensors(path)
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        model = MimiModel(cfg, num_codebooks=num_codebooks)
+    load_state(model, tensors, source=f"weights file {str(path)!r}", assign=True)
+    del tensors
     return model.to(device=device, dtype=dtype).eval()

@@ -20,7 +20,7 @@ from ..modules.seanet import SeanetDecoder, SeanetEncoder, SeanetState
 from ..modules.transformer import Transformer, TransformerState
 from ..quantization.rvq import SplitResidualVQ
 
-DEFAULT_CHUNK_FRAMES = 64
+DEFAULT_CHUNK_FRAMES = 25  # 2 s per chunk in whole-file encode/decode
 
 
 @dataclass
@@ -248,12 +248,14 @@ class MimiModel(nn.Module):
                                  f"{fs}; buffer audio to whole frames when streaming")
             return self._encode_chunk(wav, self._stream.encoder, n_q)
         frames = -(-T // fs)
-        if frames * fs != T:
-            wav = torch.nn.functional.pad(wav, (0, frames * fs - T))
         state = self.init_state(B).encoder
         step = self.chunk_frames * fs
-        chunks = [self._encode_chunk(wav[..., i: i + step], state, n_q)
-                  for i in range(0, frames * fs, step)]
+        chunks = []
+        for i in range(0, frames * fs, step):
+            chunk = wav[..., i: i + step]
+            if chunk.shape[-1] % fs:  # the last, partial frame: pad with zeros like the reference
+                chunk = torch.nn.functional.pad(chunk, (0, fs - chunk.shape[-1] % fs))
+            chunks.append(self._encode_chunk(chunk, state, n_q))
         if not chunks:
             return torch.zeros(B, n_q, 0, dtype=torch.long, device=wav.device)
         return torch.cat(chunks, dim=-1)
