@@ -108,3 +108,27 @@ def test_serve_ssl_dir_without_files(tmp_path):
     r = subprocess.run(moshi_exe() + ["serve", "--backend", "echo", *MIMI, "--ssl", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "has no cert.pem" in r.stderr
+
+
+def test_chat_ctrl_c_saves_what_was_received(echo_server, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "partial.wav"
+    proc = subprocess.Popen(moshi_exe() + ["chat", "--url", echo_server.url, "--input", str(DATA / "bria.mp3"),
+                                           "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines = []
+    while not any("streaming" in line for line in lines):  # the CLI is connected and sending
+        line = proc.stderr.readline()
+        assert line, "moshi chat ended early: " + "".join(lines)
+        lines.append(line)
+    time.sleep(5)  # bria.mp3 is 45 s long: interrupt it in the middle, streaming in real time
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    err = "".join(lines) + err
+    assert proc.returncode == 0, err
+    assert "interrupted" in err and "Traceback" not in err
+    frames = sf.info(out).frames
+    assert 0 < frames < 15 * 24000  # the reply received in ~5 s, not the whole 45 s
+    assert f"saved {frames / 24000:.2f} s of reply" in err
