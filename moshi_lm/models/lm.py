@@ -243,3 +243,24 @@ class LMModel(nn.Module):
         dev, dt = self.device, self.dtype
         return LMState(self.transformer.new_caches(batch_size, c.context, dev, dt),
                        self.depformer.new_caches(batch_size, c.dep_q, dev, dt))
+
+
+@torch.no_grad()
+def random_init_(model: LMModel, seed: int = 0) -> LMModel:
+    """Fill a float model with random weights (tests, benchmarks): N(0, 1/fan_in) matrices,
+    norms' alpha near 1. Deterministic for a given seed; returns the model.
+
+    Args:
+        model: an allocated (not meta) float model.
+        seed: random seed.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if not p.dtype.is_floating_point:
+            raise ValueError(f"random_init_ needs a float model, {name} is {p.dtype}")
+        if name.endswith("alpha") or name.endswith("scale"):
+            value = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+        else:
+            value = torch.randn(p.shape, generator=gen) / max(p.shape[-1], 1) ** 0.5
+        p.copy_(value.to(p.dtype))
+    return model
