@@ -7,6 +7,7 @@ import click
 from mimi_moshi_cli._app import AppGroup
 
 LAZY_COMMANDS: dict[str, str] = {
+    "quantize": "mimi_moshi_cli.quantize:quantize",
     "serve": "mimi_moshi_cli.serve:serve",
     "chat": "mimi_moshi_cli.chat:chat",
 }
