@@ -4,8 +4,10 @@ and chunked encode/decode that report progress while computing exactly what
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +96,25 @@ def load_model(weights: str | None, config: str | None, device: str, num_codeboo
 
     model = load_mimi(weights=weights, config=config, device=device, num_codebooks=num_codebooks)
     return model, model_id(weights)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence what C libraries print straight to file descriptor 2 (mpg123's "Note: ..."
+    lines when probing a damaged mp3), so a user sees only our one-line messages."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def is_stdio(path: str) -> bool:

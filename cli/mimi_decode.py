@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 import numpy as np
@@ -36,29 +37,27 @@ def _output_length(header: Any, decoded: int, out_rate: int | None, intact: bool
     return None
 
 
-def decode_stream(model: Any, file: BinaryIO, name: str, salvage: bool, quiet: bool) -> tuple[np.ndarray, Any]:
-    """Read and decode a .mimi stream packet by packet (decoding starts while a pipe is still
-    delivering), trimmed to `num_samples`.
+def decode_stream(model: Any, reader: Any, name: str, quiet: bool) -> np.ndarray:
+    """Decode a .mimi stream packet by packet as the reader delivers it (so decoding starts
+    while a pipe is still filling), trimmed to the header's `num_samples`.
+
+    Args:
+        model: the Mimi model.
+        reader: a MimiReader whose header has been read.
+        name: the stream's name for messages.
+        quiet: no progress bar.
 
     Returns:
-        (audio [T] float32 at model.sample_rate, the MimiReader after reading).
+        audio [T] float32 at model.sample_rate.
     """
-    from mimi_codec.bitstream import MimiReader
-
-    reader = MimiReader(file, salvage=salvage, source=name)
     header = reader.header
     check_header_matches_model(header, model, name)
-    total = header.expected_frames or 0
-    with model.streaming(1), Progress(f"decoding {name}", total, quiet) as progress:
+    with model.streaming(1), Progress(f"decoding {name}", header.expected_frames or 0, quiet) as progress:
         decoder = ChunkDecoder(model, header.num_codebooks)
         for codes in reader:
             progress.advance(decoder.feed(codes))
         wav = decoder.finish()
-    if header.num_samples is not None and reader.complete:
-        wav = wav[: header.num_samples]
-    elif header.num_samples is not None:  # salvaged: never more than the file said
-        wav = wav[: min(len(wav), header.num_samples)]
-    return wav, reader
+    return wav if header.num_samples is None else wav[: header.num_samples]
 
 
 def _same_weights(a: str, b: str) -> bool:
@@ -124,13 +123,15 @@ def decode(
       mimi decode talk.mimi talk.wav --sample-rate 48000
       mimi decode damaged.mimi partial.wav --salvage
     """
+    from mimi_codec.bitstream import MimiReader
+
     _precheck(src, out, force)
-    model, name = load_model(weights, config, device)
-    if is_stdio(src):
-        wav, reader = decode_stream(model, sys.stdin.buffer, "<stdin>", salvage, quiet)
-    else:
-        with open(src, "rb") as f:
-            wav, reader = decode_stream(model, f, src, salvage, quiet)
+    with contextlib.ExitStack() as stack:
+        file = sys.stdin.buffer if is_stdio(src) else stack.enter_context(open(src, "rb"))
+        label = "<stdin>" if is_stdio(src) else src
+        reader = MimiReader(file, salvage=salvage, source=label)  # a bad header fails before the model loads
+        model, name = load_model(weights, config, device)
+        wav = decode_stream(model, reader, label, quiet)
     header = reader.header
     _check_model_field(header.model, name, src)
     if reader.error is not None:
@@ -159,6 +160,8 @@ def roundtrip(
       mimi roundtrip talk.wav talk_1k1.wav
       mimi roundtrip talk.wav talk_4k4.wav -q 32
     """
+    from mimi_codec.bitstream import MimiReader
+
     from mimi_moshi_cli.mimi_encode import encode_files
 
     _precheck(src, out, force)
@@ -168,7 +171,8 @@ def roundtrip(
         mimi_path = str(Path(tmpdir) / "codes.mimi")
         results = encode_files(model, name, [(src, mimi_path)], codebooks, True, quiet)
         with open(mimi_path, "rb") as f:
-            wav, reader = decode_stream(model, f, src, False, quiet)
+            reader = MimiReader(f, source=src)
+            wav = decode_stream(model, reader, src, quiet)
     _, frames, _, size = results[0]
     header = reader.header
     length = _output_length(header, len(wav), sample_rate, True)

@@ -12,7 +12,16 @@ import click
 
 from mimi_moshi_cli._app import fail
 from mimi_moshi_cli._io import atomic_path
-from mimi_moshi_cli.mimi_common import Progress, common_options, encode_chunks, is_stdio, load_model, model_options, say
+from mimi_moshi_cli.mimi_common import (
+    Progress,
+    common_options,
+    encode_chunks,
+    is_stdio,
+    load_model,
+    model_options,
+    native_stderr_silenced,
+    say,
+)
 
 
 def plan_outputs(paths: tuple[str, ...], output_dir: str | None) -> list[tuple[str, str]]:
@@ -54,7 +63,8 @@ def encode_files(
     """
     from mimi_codec.bitstream import MimiHeader, MimiWriter
 
-    audios = [_read_input(src) for src, _ in pairs]
+    with native_stderr_silenced():
+        audios = [_read_input(src) for src, _ in pairs]
     fs = model.frame_size
     frames = [-(-len(a.wav) // fs) for a in audios]
     with contextlib.ExitStack() as stack:

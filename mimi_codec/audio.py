@@ -100,7 +100,10 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, name: str | 
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        raise ValueError(f"{label}: not an audio file libsndfile can read ({e.error_string})") from None
+        detail = e.error_string
+        if "does not exist" in detail:  # libsndfile's words when a decoder gives up on garbage
+            detail = "unrecognised or corrupt data"
+        raise ValueError(f"{label}: not an audio file libsndfile can read ({detail})") from None
     except (RuntimeError, TypeError) as e:  # soundfile's other failures on garbage input
         raise ValueError(f"{label}: not an audio file libsndfile can read ({e})") from None
     frames, channels = data.shape
