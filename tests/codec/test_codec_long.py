@@ -1,0 +1,102 @@
+"""Long input: the chunked whole-file path equals the one-shot path, past the attention context,
+and a 10-minute file stays under 1 GB peak RSS with the full-size architecture."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from mimi_codec import MimiModel, load_mimi
+
+
+@pytest.fixture(scope="module")
+def tiny(fixtures_dir) -> MimiModel:
+    return load_mimi(fixtures_dir / "mimi_tiny.safetensors", fixtures_dir / "mimi_tiny.json")
+
+
+@pytest.fixture(scope="module")
+def speech(data_dir) -> torch.Tensor:
+    """45 s of real speech (bria.mp3), resampled to 24 kHz: [1, 1, T], T not a whole number of frames."""
+    audio, sr = sf.read(str(data_dir / "bria.mp3"), dtype="float32", always_2d=True)
+    audio = soxr.resample(audio[:, 0], sr, 24000)
+    assert audio.shape[0] % 1920 and audio.shape[0] > 24000 * 40
+    return torch.from_numpy(np.ascontiguousarray(audio)).view(1, 1, -1)
+
+
+def _one_shot(model: MimiModel, fn, *args):
+    saved = model.chunk_frames
+    model.chunk_frames = 10**9  # everything in one call: attention over the whole input at once
+    try:
+        return fn(*args)
+    finally:
+        model.chunk_frames = saved
+
+
+def test_chunked_equals_one_shot_on_long_speech(tiny: MimiModel, speech: torch.Tensor) -> None:
+    frames = -(-speech.shape[-1] // 1920)
+    assert frames > 250 // 2 * 2  # longer than the 250-step (10 s) attention context
+    assert tiny.chunk_frames < frames
+    codes = tiny.encode(speech, num_codebooks=32)
+    one = _one_shot(tiny, tiny.encode, speech, 32)
+    assert codes.shape == (1, 32, frames)
+    assert torch.equal(codes, one)
+    audio = tiny.decode(codes)
+    audio_one = _one_shot(tiny, tiny.decode, codes)
+    assert audio.shape == (1, 1, frames * 1920)
+    torch.testing.assert_close(audio, audio_one, atol=1e-5, rtol=0)
+    assert audio.abs().max() > 0.05
+
+
+def test_frame_by_frame_stream_equals_whole_past_context(tiny: MimiModel, speech: torch.Tensor) -> None:
+    wav = speech[..., : 1920 * 160]  # 12.8 s: 320 steps at 25 Hz, past the 250-step context
+    codes = tiny.encode(wav)
+    with tiny.streaming(1):
+        streamed = torch.cat([tiny.encode(wav[..., i: i + 1920]) for i in range(0, wav.shape[-1], 1920)], -1)
+        audio = torch.cat([tiny.decode(codes[..., f: f + 1]) for f in range(160)], -1)
+    assert torch.equal(streamed, codes)
+    torch.testing.assert_close(audio, tiny.decode(codes), atol=1e-5, rtol=0)
+
+
+def test_chunk_size_does_not_change_codes(tiny: MimiModel) -> None:
+    g = torch.Generator().manual_seed(7)
+    wav = torch.randn(2, 1, 1920 * 70 + 5, generator=g) * 0.2
+    ref = tiny.encode(wav)
+    saved = tiny.chunk_frames
+    try:
+        for n in (1, 3, 33):
+            tiny.chunk_frames = n
+            assert torch.equal(tiny.encode(wav), ref)
+    finally:
+        tiny.chunk_frames = saved
+
+
+PEAK_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch
+    from mimi_codec import MimiModel
+    torch.manual_seed(0)
+    model = MimiModel().eval()
+    seconds = float(sys.argv[1])
+    wav = torch.randn(1, 1, int(24000 * seconds)) * 0.1
+    codes = model.encode(wav)
+    audio = model.decode(codes)
+    assert audio.shape[-1] >= wav.shape[-1]
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+@pytest.mark.slow
+def test_ten_minutes_full_size_under_1gb() -> None:
+    seconds = float(os.environ.get("MIMI_LONG_TEST_SECONDS", "600"))
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(seconds)], capture_output=True,
+                         text=True, check=True, timeout=1800)
+    peak_mb = int(out.stdout.split()[-1]) / 1024
+    print(f"peak RSS for {seconds:.0f} s encode+decode, full-size Mimi fp32: {peak_mb:.0f} MB")
+    assert peak_mb < 1024, peak_mb
