@@ -150,18 +150,19 @@ def hf_repo_config(repo: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def resolve_repo_files(hf_repo: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """(LM config dict or None, repository file names) of a Hugging Face repository.
+def resolve_repo_files(hf_repo: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(LM config dict or None, repository keys) of a Hugging Face repository.
 
-    The file names default to the original layout: `model.safetensors`,
+    The repository keys are those of `config.REPO_KEYS` (file names, `lm_gen_config`, ...); the
+    file names default to the original layout: `model.safetensors`,
     `tokenizer-e351c8d8-checkpoint125.safetensors`, `tokenizer_spm_32k_3.model`.
     """
     raw = hf_repo_config(hf_repo)
-    files = {"moshi_name": MOSHI_NAME, "mimi_name": MIMI_NAME, "tokenizer_name": TOKENIZER_NAME}
+    files: dict[str, Any] = {"moshi_name": MOSHI_NAME, "mimi_name": MIMI_NAME, "tokenizer_name": TOKENIZER_NAME}
     if raw is None:
         return None, files
     lm, repo = split_repo_config(raw)
-    files.update({k: v for k, v in repo.items() if isinstance(v, str)})
+    files.update({k: v for k, v in repo.items() if v is not None})
     return lm, files
 
 
