@@ -4,6 +4,7 @@ input's length, pipes work, and 10 s of speech at 8 codebooks is 1,100 bit/s of 
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 
 from mimi_codec import load_mimi
 from mimi_codec.audio import load_audio
-from mimi_codec.bitstream import read_mimi
+from mimi_codec.bitstream import read_mimi, write_mimi
 
 MIMI = str(Path(sys.executable).with_name("mimi"))
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -152,6 +153,13 @@ def test_codebook_counts_through_the_cli(model, recordings, tmp_path) -> None:
         data = read_mimi(out)
         assert data.header.num_codebooks == k
         np.testing.assert_array_equal(data.codes, full[:k])
+    # every count 1..32 of the model's real codes goes through a .mimi file unchanged
+    for k in range(1, 33):
+        buf = io.BytesIO()
+        write_mimi(buf, full[:k], model="tiny", num_samples=len(wav))
+        back = read_mimi(io.BytesIO(buf.getvalue()))
+        assert back.header.num_codebooks == k and back.intact
+        np.testing.assert_array_equal(back.codes, full[:k])
 
 
 def test_roundtrip_prints_bitrate_and_size(recordings, tmp_path) -> None:
