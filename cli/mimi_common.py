@@ -151,14 +151,14 @@ class Progress:
 
     Args:
         description: label left of the bar.
-        total: units of work (frames).
+        total: units of work (frames), None when unknown.
         quiet: never show.
         delay: seconds before the bar appears (short work stays silent).
     """
 
-    def __init__(self, description: str, total: int, quiet: bool = False, delay: float = 1.5) -> None:
+    def __init__(self, description: str, total: int | None, quiet: bool = False, delay: float = 1.5) -> None:
         self.description = description
-        self.total = max(total, 1)
+        self.total = total  # None: unknown (a live stream), the bar just pulses
         self.done = 0
         self.enabled = not quiet and sys.stderr.isatty()
         self.delay = delay

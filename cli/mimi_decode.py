@@ -52,10 +52,11 @@ def decode_stream(model: Any, reader: Any, name: str, quiet: bool) -> np.ndarray
     """
     header = reader.header
     check_header_matches_model(header, model, name)
-    with model.streaming(1), Progress(f"decoding {name}", header.expected_frames or 0, quiet) as progress:
+    with model.streaming(1), Progress(f"decoding {name}", header.expected_frames, quiet) as progress:
         decoder = ChunkDecoder(model, header.num_codebooks)
         for codes in reader:
             progress.advance(decoder.feed(codes))
+        reader.check_end()
         wav = decoder.finish()
     return wav if header.num_samples is None else wav[: header.num_samples]
 

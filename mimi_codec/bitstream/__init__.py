@@ -105,29 +105,8 @@ def read_mimi(source: PathOrFile, salvage: bool = False) -> MimiData:
 def _read(file: BinaryIO, salvage: bool, name: str) -> MimiData:
     reader = MimiReader(file, salvage=salvage, source=name)
     codes = reader.read_all()
-    error = reader.error
-    if error is None:
-        error = _check_end(reader, file, codes.shape[1], name)
-        if error is not None and not salvage:
-            raise error
-    return MimiData(codes=codes, header=reader.header, stats=reader.stats, error=error)
-
-
-def _check_end(reader: MimiReader, file: BinaryIO, num_frames: int, name: str) -> MimiFormatError | None:
-    """Whole-stream checks after the end packet: nothing follows it, and the length adds up."""
-    end = reader.offset
-    trailing = file.read(1)
-    if trailing:
-        more = len(trailing) + len(file.read())
-        return MimiFormatError(f"{more} unexpected byte(s) after the end packet", end, name)
-    expected = reader.header.expected_frames
-    if expected is not None and expected != num_frames:
-        return MimiFormatError(
-            f"header num_samples {reader.header.num_samples} needs {expected} frames, the stream has {num_frames}",
-            end - len(END_PACKET),
-            name,
-        )
-    return None
+    reader.check_end()
+    return MimiData(codes=codes, header=reader.header, stats=reader.stats, error=reader.error)
 
 
 def write_mimi(

@@ -314,6 +314,37 @@ class MimiReader:
         self._max_frames = max(self._max_frames, nframes)
         return unpack_codes(payload, nframes, h.num_codebooks, h.codebook_bits)
 
+    def check_end(self) -> MimiFormatError | None:
+        """Whole-stream checks once iteration has reached the end packet: nothing follows it,
+        and the frame count is the one `num_samples` needs.
+
+        This reads on past the end packet until end of file, so call it on files (or a pipe
+        whose writer closes), not on a socket that stays open. Without `salvage` a problem is
+        raised; with it, it is stored in `.error` and returned.
+
+        Raises:
+            MimiFormatError: bytes after the end packet, or a frame count that disagrees with
+                `num_samples` (unless `salvage`).
+        """
+        if not self.complete or self.error is not None:
+            return self.error
+        error = None
+        end = self.offset
+        trailing = self.file.read(1)
+        if trailing:
+            more = len(trailing) + len(self.file.read())
+            error = self._fail(f"{more} unexpected byte(s) after the end packet", end)
+        elif self.header.expected_frames is not None and self.header.expected_frames != self._frames:
+            error = self._fail(
+                f"header num_samples {self.header.num_samples} needs {self.header.expected_frames} frames, "
+                f"the stream has {self._frames}",
+                end - len(END_PACKET),
+            )
+        if error is not None and not self.salvage:
+            raise error
+        self.error = error
+        return error
+
     def read_all(self) -> np.ndarray:
         """Read every remaining packet. Returns codes [K, F] int64 (F may be 0)."""
         parts = list(self)

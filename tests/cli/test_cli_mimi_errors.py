@@ -153,12 +153,15 @@ def test_decode_truncated_and_salvage(tmp_path, good_mimi) -> None:
     assert_fails(proc, "stream cut short", f"(at byte {p1})")
 
 
-def test_decode_missing_end_packet(tmp_path, good_mimi) -> None:
+def test_decode_missing_end_packet_or_trailing_bytes(tmp_path, good_mimi) -> None:
     blob = good_mimi.read_bytes()
     cut = _damaged(blob, tmp_path, "noend.mimi", blob[:-5])
     assert_fails(run_mimi("decode", str(cut), str(tmp_path / "o.wav"), *WEIGHTS),
                  "no end packet after 2 packets", f"(at byte {len(blob) - 5})")
-    only(tmp_path, "noend.mimi")
+    junk = _damaged(blob, tmp_path, "junk.mimi", blob + b"\x00\x01\x02")
+    assert_fails(run_mimi("decode", str(junk), str(tmp_path / "o.wav"), *WEIGHTS),
+                 "3 unexpected byte(s) after the end packet", f"(at byte {len(blob)})")
+    only(tmp_path, "noend.mimi", "junk.mimi")
 
 
 def test_decode_unknown_version_and_not_mimi(tmp_path, good_mimi, speech) -> None:
