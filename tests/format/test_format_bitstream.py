@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import struct
 import threading
 import zlib
@@ -179,6 +180,27 @@ def test_writer_streams_packets_through_a_pipe() -> None:
     t.join(10)
     assert [c.shape[1] for c in got] == [25, 8, 25, 2]
     np.testing.assert_array_equal(np.concatenate(got, axis=1), codes)
+
+
+def test_over_a_socket() -> None:
+    """Writer and reader on the two ends of a socket: short reads are reassembled."""
+    a, b = socket.socketpair()
+    codes = _codes(32, 300, seed=5)
+
+    def send() -> None:
+        out = a.makefile("wb", buffering=0)  # unbuffered: every packet is one send
+        write_mimi(out, codes, model="sock", frames_per_packet=7)
+        a.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=send)
+    t.start()
+    reader = MimiReader(b.makefile("rb"), source="socket")
+    chunks = list(reader)
+    t.join(10)
+    assert reader.complete and [c.shape[1] for c in chunks] == [7] * 42 + [6]
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), codes)
+    a.close()
+    b.close()
 
 
 def test_writer_without_clean_close_leaves_a_cut_stream() -> None:
