@@ -10,14 +10,17 @@ Broken messages get a 0x05 error and are dropped; the session goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
@@ -31,6 +34,7 @@ from mimi_moshi_chat.protocol import (
 )
 
 log = logging.getLogger("mimi_moshi_chat.server")
+T = TypeVar("T")
 
 #: Folder of the web page's files, shipped inside the package.
 WEB_DIR = Path(__file__).parent / "web"
@@ -108,72 +112,68 @@ class ChatServer:
     async def _handle_status(self, request: web.Request) -> web.Response:
         return web.json_response({
             "backend": self.backend.name, "active_sessions": len(self.active), "max_sessions": self.max_sessions,
-            "sessions_served": self.served, "threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None,
+            "sessions_served": self.served,
         })
 
-    async def _run(self, fn, *args):  # noqa: ANN001, ANN202 - thin wrapper over run_in_executor
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (a model step, opening or closing a session) on the worker threads."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _handle_chat(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=self.heartbeat_s, max_msg_size=1 << 20)
         await ws.prepare(request)
         stats = SessionStats(next(self._ids), request.remote or "?")
-        slog = logging.LoggerAdapter(log, {"session": stats.id})
         try:
             settings = SamplingSettings.from_query(request.query)
         except ValueError as e:
-            slog.warning("session %d: rejected: %s", stats.id, e)
+            log.warning("session %d: rejected: %s", stats.id, e)
             await ws.send_bytes(error_message(str(e)))
             await ws.close(code=CLOSE_POLICY_VIOLATION, message=b"bad query parameter")
             return ws
         if len(self.active) >= self.max_sessions:
-            slog.warning("session %d from %s: refused, %d sessions busy", stats.id, stats.peer, len(self.active))
+            log.warning("session %d from %s: refused, %d sessions busy", stats.id, stats.peer, len(self.active))
             await ws.send_bytes(error_message(
                 f"server busy: all {self.max_sessions} sessions are in use, try again later"))
             await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"server busy")
             return ws
         self.active[stats.id] = stats
-        session: ChatSession | None = None
         try:
-            slog.info("session %d from %s: opening (%s backend, settings %s)", stats.id, stats.peer,
-                      self.backend.name, settings.as_dict())
+            log.info("session %d from %s: opening (%s backend, settings %s)", stats.id, stats.peer,
+                     self.backend.name, settings.as_dict())
             session = await self._run(self.backend.open_session, settings)
-            await ws.send_bytes(encode_message(Kind.HANDSHAKE))
-            await ws.send_bytes(metadata_message({
-                "backend": self.backend.name, "session": stats.id, "sample_rate": self.backend.sample_rate,
-                "frame_size": self.backend.frame_size, "settings": settings.as_dict()}))
-            session = await self._converse(ws, session, settings, stats)
+            await self._converse(ws, session, settings, stats)
         except Exception as e:  # a backend failure ends this session, never the server
-            slog.exception("session %d: failed: %s", stats.id, e)
-            if not ws.closed:
+            log.exception("session %d: failed: %s", stats.id, e)
+            stats.errors += 1
+            with contextlib.suppress(Exception):
                 await ws.send_bytes(error_message(f"server error: {e}"))
         finally:
-            if session is not None:
-                await self._run(session.close)
             self.active.pop(stats.id, None)
             self.served += 1
-            if not ws.closed:
+            with contextlib.suppress(Exception):
                 await ws.close()
-            slog.info("session %d: closed; %s", stats.id, stats.summary())
+            log.info("session %d: closed; %s", stats.id, stats.summary())
         return ws
 
     async def _converse(self, ws: web.WebSocketResponse, session: ChatSession, settings: SamplingSettings,
-                        stats: SessionStats) -> ChatSession:
-        """Receive messages until the client leaves; returns the session in use at the end."""
+                        stats: SessionStats) -> None:
+        """Handshake, then receive messages until the client leaves; closes the session at the end."""
         frames: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
         decoder = OpusDecoder(self.backend.sample_rate)
         encoder = OpusEncoder(self.backend.sample_rate)
         pending = np.zeros(0, dtype=np.float32)
-        current = session
+        current: ChatSession | None = session
 
         async def send_error(text: str) -> None:
             stats.errors += 1
             log.warning("session %d: %s", stats.id, text)
             if not ws.closed:
-                await ws.send_bytes(error_message(text))
+                with contextlib.suppress(ConnectionError):
+                    await ws.send_bytes(error_message(text))
 
         def step(frame: np.ndarray) -> tuple[StepOutput, bytes, float]:
             start = time.perf_counter()
+            assert current is not None, "a step runs only while a session is open"
             out = current.step(frame)
             opus = encoder.encode(out.pcm) if out.pcm is not None else b""
             return out, opus, (time.perf_counter() - start) * 1000
@@ -199,10 +199,15 @@ class ChatServer:
                     continue
                 log.debug("session %d: frame %d step %.1f ms", stats.id, stats.frames_in, step_ms)
 
-        worker = asyncio.create_task(work())
+        worker: asyncio.Task[None] | None = None
         try:
+            await ws.send_bytes(encode_message(Kind.HANDSHAKE))
+            await ws.send_bytes(metadata_message({
+                "backend": self.backend.name, "session": stats.id, "sample_rate": self.backend.sample_rate,
+                "frame_size": self.backend.frame_size, "settings": settings.as_dict()}))
+            worker = asyncio.create_task(work())
             async for msg in ws:
-                if worker.done():
+                if worker is not None and worker.done():
                     break
                 if msg.type == aiohttp.WSMsgType.ERROR:
                     log.warning("session %d: websocket error %s", stats.id, ws.exception())
@@ -247,7 +252,9 @@ class ChatServer:
                             frames.get_nowait()
                         frames.put_nowait(None)
                         await worker
-                        await self._run(current.close)
+                        worker = None
+                        old, current = current, None
+                        await self._run(old.close)
                         current = await self._run(self.backend.open_session, settings)
                         frames = asyncio.Queue()
                         worker = asyncio.create_task(work())
@@ -258,12 +265,15 @@ class ChatServer:
                     await send_error(f"unexpected message kind {int(message.kind):#04x} ({message.kind.name.lower()}) "
                                      "from a client: expected audio, control or ping")
         finally:
-            # Let the worker finish the step it is in (a session is never closed mid-step).
-            while not frames.empty():
-                frames.get_nowait()
-            frames.put_nowait(None)
-            await worker
-        return current
+            try:
+                if worker is not None:  # let it finish the step it is in: never close a session mid-step
+                    while not frames.empty():
+                        frames.get_nowait()
+                    frames.put_nowait(None)
+                    await worker
+            finally:
+                if current is not None:
+                    await self._run(current.close)
 
 
 def ssl_context_from_dir(folder: str | os.PathLike[str]) -> ssl.SSLContext:

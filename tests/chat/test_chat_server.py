@@ -168,6 +168,30 @@ def test_vanished_client_frees_its_session(echo_server):
     assert "session" in echo_server.log() and "closed" in echo_server.log()
 
 
+def test_restart_control_gives_fresh_state(echo_server):
+    pcm = speech(1.6)  # 20 frames
+
+    async def go():
+        async with await ChatClient.connect(echo_server.url) as client:
+            for k in range(10):
+                await client.send_pcm(pcm[k * 1920:(k + 1) * 1920])
+            assert await client.wait_for_samples(10 * 1920, timeout=30)
+            await client.send_raw(b"\x03\x03")  # control: restart
+            for k in range(10, 20):
+                await client.send_pcm(pcm[k * 1920:(k + 1) * 1920])
+            assert await client.wait_for_samples(20 * 1920, timeout=30)
+            return client.received.audio().reshape(-1, 1920), client.received.errors
+    frames, errors = run(go())
+    level = np.abs(frames).max(axis=1)
+    assert errors == []
+    assert level[DELAY:10].min() > 0.01  # the echo was playing before the restart
+    # After it, the new session's delay line starts silent again (the first frame after the
+    # restart still carries the Opus decoder's ringing from the frame before).
+    assert level[11:10 + DELAY].max() < 1e-2, level
+    assert level[10 + DELAY:].min() > 0.01
+    assert "control restart" in echo_server.log()
+
+
 def test_sampling_settings_reach_the_session(echo_server):
     async def go():
         async with await ChatClient.connect(echo_server.url, SamplingSettings(text_temperature=0.3, audio_seed=5)) as c:
