@@ -134,7 +134,7 @@ def decode(
         model, name = load_model(weights, config, device)
         wav = decode_stream(model, reader, label, quiet)
     header = reader.header
-    _check_model_field(header.model, name, src)
+    _check_model_field(header.model, name, label)
     if reader.error is not None:
         warn(f"{reader.error}; decoded the {reader.stats.num_frames} intact frames before it")
     length = _output_length(header, len(wav), sample_rate, reader.error is None)

@@ -133,12 +133,15 @@ def encode(
       mimi encode a.wav b.flac c.mp3 -o codes/
       mimi encode talk.wav - | mimi decode - out.wav
     """
+    from mimi_codec.audio import probe_audio
+
     pairs = plan_outputs(paths, output_dir)
     for src, out in pairs:  # check everything before loading the model
-        if not is_stdio(src) and not Path(src).exists():
-            fail(f"input {src} does not exist")
         if not is_stdio(out) and Path(out).exists() and not force:
             fail(f"output {out} already exists (use --force to overwrite)")
+        if not is_stdio(src):
+            with native_stderr_silenced():
+                probe_audio(src)
     model, name = load_model(weights, config, device, codebooks)
     for start in range(0, len(pairs), batch_size):
         results = encode_files(model, name, pairs[start : start + batch_size], codebooks, force, quiet)

@@ -71,6 +71,42 @@ def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(wav, from_rate, to_rate, quality="VHQ").astype(np.float32, copy=False)
 
 
+def _check_path(path: str | os.PathLike[str], label: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input {label} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"input {label} is a folder, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{label}: empty file (0 bytes), not audio")
+
+
+def _not_audio(label: str, error: Exception) -> ValueError:
+    detail = getattr(error, "error_string", None) or str(error)
+    if "does not exist" in detail:  # libsndfile's words when a decoder gives up on garbage
+        detail = "unrecognised or corrupt data"
+    return ValueError(f"{label}: not an audio file libsndfile can read ({detail})")
+
+
+def probe_audio(path: str | os.PathLike[str], name: str | None = None) -> None:
+    """Check, without decoding it, that a path is an audio file with samples in it.
+
+    Catches what `load_audio` would refuse up front (for a command line that wants to fail
+    before it loads a model); mp3 lengths are libsndfile's estimate.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: no such file, or a folder.
+        ValueError: an empty file, not audio libsndfile can read, or no samples.
+    """
+    label = name or os.fspath(path)
+    _check_path(path, label)
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise _not_audio(label, e) from None
+    if info.frames == 0:
+        raise ValueError(f"{label}: empty audio (0 samples)")
+
+
 def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, name: str | None = None) -> Audio:
     """Read an audio file, mix it to mono and resample it.
 
@@ -89,23 +125,13 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, name: str | 
     _check_rate(sample_rate, "sample_rate")
     if isinstance(source, (str, os.PathLike)):
         label = name or os.fspath(source)
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"input {label} does not exist")
-        if os.path.isdir(source):
-            raise IsADirectoryError(f"input {label} is a folder, not an audio file")
-        if os.path.getsize(source) == 0:
-            raise ValueError(f"{label}: empty file (0 bytes), not audio")
+        _check_path(source, label)
     else:
         label = name or str(getattr(source, "name", "") or "<stream>")
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
-        detail = e.error_string
-        if "does not exist" in detail:  # libsndfile's words when a decoder gives up on garbage
-            detail = "unrecognised or corrupt data"
-        raise ValueError(f"{label}: not an audio file libsndfile can read ({detail})") from None
-    except (RuntimeError, TypeError) as e:  # soundfile's other failures on garbage input
-        raise ValueError(f"{label}: not an audio file libsndfile can read ({e})") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:  # soundfile's failures on garbage input
+        raise _not_audio(label, e) from None
     frames, channels = data.shape
     if frames == 0:
         raise ValueError(f"{label}: empty audio (0 samples)")

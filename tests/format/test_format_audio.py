@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mimi_codec.audio import format_for_name, load_audio, resample, save_audio
+from mimi_codec.audio import format_for_name, load_audio, probe_audio, resample, save_audio
 
 RECORDINGS = [
     ("1320_00000.mp3", 16000),
@@ -128,3 +128,23 @@ def test_clipping_and_formats(tmp_path) -> None:
         format_for_name("out.txt")
     with pytest.raises(ValueError, match="output sample rate 0"):
         save_audio(tmp_path / "z.wav", np.zeros(10, dtype=np.float32), out_rate=0)
+
+
+def test_probe_refuses_what_load_refuses(tmp_path, data_dir) -> None:
+    for name, _ in RECORDINGS:
+        assert probe_audio(data_dir / name) is None
+    (tmp_path / "zero.mp3").write_bytes(b"")
+    (tmp_path / "text.flac").write_text("flac? no\n" * 50)
+    sf.write(tmp_path / "none.wav", np.zeros(0, dtype=np.float32), 8000)
+    cases = [
+        (tmp_path / "missing.wav", FileNotFoundError, "does not exist"),
+        (tmp_path, IsADirectoryError, "is a folder"),
+        (tmp_path / "zero.mp3", ValueError, "zero.mp3: empty file"),
+        (tmp_path / "text.flac", ValueError, "text.flac: not an audio file libsndfile can read"),
+        (tmp_path / "none.wav", ValueError, "none.wav: empty audio"),
+    ]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            probe_audio(path)
+        with pytest.raises(error, match=message):
+            load_audio(path)
