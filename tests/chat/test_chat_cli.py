@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +137,46 @@ def test_chat_ctrl_c_saves_what_was_received(echo_server, tmp_path):
     frames = sf.info(out).frames
     assert 0 < frames < 15 * 24000  # the reply received in ~5 s, not the whole 45 s
     assert f"saved {frames / 24000:.2f} s of reply" in err
+
+
+FAKE_SD = Path(__file__).parent / "fake_sounddevice"
+
+
+def run_with_fake_audio(cmd, tmp_path, seconds, extra_env=None):
+    """Run a microphone client with the fake sounddevice until its speakers played `seconds` of
+    non-silent audio (at most 90 s), then Ctrl-C it."""
+    import os
+    import signal
+    import time
+
+    mic, speaker = tmp_path / "mic.npy", tmp_path / "speaker.npy"
+    np.save(mic, speech(3.0))
+    env = dict(os.environ, PYTHONPATH=f"{FAKE_SD}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               FAKE_SD_INPUT=str(mic), FAKE_SD_OUTPUT=str(speaker), **(extra_env or {}))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with contextlib.suppress(OSError, ValueError, EOFError):
+            played = np.load(speaker)
+            if np.count_nonzero(np.abs(played) > 1e-3) > seconds * 24000 * 0.5:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err, (np.load(speaker) if speaker.exists() else None)
+
+
+def test_chat_microphone_and_speakers(echo_server, tmp_path):
+    out = tmp_path / "reply.wav"
+    code, _, err, played = run_with_fake_audio(
+        moshi_exe() + ["chat", "--url", echo_server.url, "--output", str(out)], tmp_path, 2.0)
+    assert code == 0, err
+    assert "talk now" in err and "interrupted" in err
+    reply, _ = sf.read(out, dtype="float32")
+    assert len(reply) > 24000 and np.abs(reply[12 * 1920:]).max() > 0.01  # the echo came back ...
+    assert played is not None and np.abs(played).max() > 0.01  # ... and was played
+    # What the speakers played is the received reply, in order (after leading silence).
+    start = int(np.argmax(np.abs(played) > 0))
+    n = min(len(played) - start, len(reply) - 12 * 1920, 24000)
+    first = int(np.argmax(np.abs(reply) > 0))
+    np.testing.assert_array_equal(played[start:start + n], reply[first:first + n])

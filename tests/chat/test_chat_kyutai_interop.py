@@ -96,3 +96,26 @@ def test_remote_backend_relays_to_kyutai_server(kyutai_server):
         conv, received = asyncio.run(go())
     assert conv.errors == () and len(conv.reply) == 24000 and np.abs(conv.reply).max() > 0
     assert received.text  # kyutai's text pieces pass through the relay
+
+
+def test_kyutai_client_talks_to_our_server(tmp_path):
+    """Kyutai's terminal client (`python -m moshi.client`), with a fake sound device, on our echo server."""
+    if not REFERENCE_PYTHON.exists():
+        pytest.skip(f"kyutai's moshi package is not installed at {REFERENCE_PYTHON} (set MOSHI_REFERENCE_PYTHON)")
+    from chatutil import MIMI
+    from test_chat_cli import run_with_fake_audio
+
+    with serve(["--backend", "echo", *MIMI, "--echo-delay", "2"], tmp_path) as server:
+        code, out, err, played = run_with_fake_audio(
+            [str(REFERENCE_PYTHON), "-m", "moshi.client", "--host", "127.0.0.1", "--port", str(server.port)],
+            tmp_path, 2.0)
+        deadline = time.monotonic() + 20
+        while server.status()["active_sessions"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = server.log()
+    assert played is not None and np.count_nonzero(np.abs(played) > 1e-3) > 24000, (out, err)
+    # (Their client prints "Lost connection" after Ctrl-C: its sound callbacks keep sending while
+    # the websocket closes. That is their shutdown, not a failure of the session.)
+    summary = [line for line in log.splitlines() if "closed;" in line][-1]
+    print(summary)
+    assert "errors 0" in summary and "frames in 0 " not in summary, summary
