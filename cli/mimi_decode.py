@@ -89,6 +89,8 @@ def _write_audio(out: str, wav: np.ndarray, rate: int, out_rate: int | None, len
 
 
 def _precheck(src: str, out: str, force: bool) -> None:
+    if is_stdio(out) and sys.stdout.isatty():
+        fail("refusing to write binary audio to a terminal: redirect stdout or give a file name")
     if not is_stdio(src) and not Path(src).exists():
         fail(f"input {src} does not exist")
     if not is_stdio(out):

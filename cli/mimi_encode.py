@@ -136,6 +136,8 @@ def encode(
     from mimi_codec.audio import probe_audio
 
     pairs = plan_outputs(paths, output_dir)
+    if pairs[0][1] == "-" and sys.stdout.isatty():
+        fail("refusing to write binary .mimi data to a terminal: redirect stdout or give a file name")
     for src, out in pairs:  # check everything before loading the model
         if not is_stdio(out) and Path(out).exists() and not force:
             fail(f"output {out} already exists (use --force to overwrite)")

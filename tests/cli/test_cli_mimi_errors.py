@@ -218,3 +218,21 @@ def test_info_reports_an_intact_file(good_mimi) -> None:
     assert facts["payload_bytes"] == 275 + 143 and facts["framing_bytes"] == 15
     assert facts["intact"] is True and facts["error"] is None
     assert facts["file_bytes"] == good_mimi.stat().st_size
+
+
+def test_binary_output_refused_on_a_terminal(tmp_path, speech, good_mimi) -> None:
+    import os
+    import pty
+
+    for args, what in [
+        (["encode", str(speech), "-", *WEIGHTS], "binary .mimi data"),
+        (["decode", str(good_mimi), "-", *WEIGHTS], "binary audio"),
+    ]:
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.run([MIMI, *args], stdout=follower, stderr=subprocess.PIPE, timeout=300)
+        finally:
+            os.close(follower)
+            os.close(leader)
+        assert proc.returncode == 2
+        assert f"refusing to write {what} to a terminal" in proc.stderr.decode()
