@@ -86,10 +86,12 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: [B, T, dim]. Returns: [B, T, dim] in x's dtype."""
         x_dtype = x.dtype
-        if self.fp32:
+        if self.fp32 and x_dtype != torch.float32:
             x = x.float()
         var = self.eps + torch.mean(x * x, dim=-1, keepdim=True)
-        return (x * (self.alpha.to(var.dtype) * torch.rsqrt(var))).to(x_dtype)
+        alpha = self.alpha if self.alpha.dtype == var.dtype else self.alpha.to(var.dtype)
+        y = x * (alpha * torch.rsqrt(var))
+        return y if y.dtype == x_dtype else y.to(x_dtype)
 
 
 def make_norm(kind: str, dim: int, device: torch.device | str | None = None,
@@ -141,7 +143,14 @@ class ScaledEmbedding(nn.Embedding):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Args: tokens: [...] int64, -1 for "no input". Returns: [..., dim]."""
         y = F.embedding(tokens.clamp(min=0), self.weight)
-        return torch.where((tokens == ZERO_TOKEN)[..., None], torch.zeros((), dtype=y.dtype, device=y.device), y)
+        return torch.where((tokens == ZERO_TOKEN)[..., None], 0.0, y)
+
+    def lookup(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Fast path for tokens known to be valid ids (>= 0), as the generator's are.
+
+        Args: tokens: [...] int64 in [0, num_embeddings). Returns: [..., dim].
+        """
+        return F.embedding(tokens, self.weight)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, max_period: float) -> tuple[torch.Tensor, torch.Tensor]:

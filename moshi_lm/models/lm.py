@@ -189,14 +189,14 @@ class LMModel(nn.Module):
 
         Args:
             k: codebook index, 0 <= k < dep_q (steps must run in order 0, 1, ...).
-            prev_token: [B] int64, the text token for k == 0, else audio codebook k - 1.
+            prev_token: [B] int64 valid ids (>= 0), the text token for k == 0, else audio codebook k - 1.
             hidden: [B, 1, dim] temporal output of this frame.
             caches: depformer KV rings (capacity >= dep_q).
         Returns:
             [B, 1, card] logits.
         """
         emb = self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
-        x = self._depformer_in(k, hidden) + emb(prev_token[:, None])
+        x = self._depformer_in(k, hidden) + emb.lookup(prev_token[:, None])
         out = self.depformer(x, k, caches, [self.config.depformer_weight_index(k)])
         return self.linears[k](out)
 

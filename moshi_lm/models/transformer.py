@@ -84,11 +84,15 @@ class Attention(nn.Module):
     def _project(self, x: torch.Tensor, weight_ids: list[int] | None) -> torch.Tensor:
         if weight_ids is None or self.in_proj.steps == 1:
             return self.in_proj(x)
+        if len(weight_ids) == 1:
+            return self.in_proj(x, weight_ids[0])
         return torch.cat([self.in_proj(x[:, t:t + 1], i) for t, i in enumerate(weight_ids)], dim=1)
 
     def _output(self, x: torch.Tensor, weight_ids: list[int] | None) -> torch.Tensor:
         if weight_ids is None or self.out_proj.steps == 1:
             return self.out_proj(x)
+        if len(weight_ids) == 1:
+            return self.out_proj(x, weight_ids[0])
         return torch.cat([self.out_proj(x[:, t:t + 1], i) for t, i in enumerate(weight_ids)], dim=1)
 
     def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +179,8 @@ class TransformerLayer(nn.Module):
             return self.gating(x)
         assert weight_ids is not None, "per-step weights need weight ids"
         gatings = self.gating
+        if len(weight_ids) == 1:
+            return gatings[weight_ids[0]](x)
         return torch.cat([gatings[i](x[:, t:t + 1]) for t, i in enumerate(weight_ids)], dim=1)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, position: int,
