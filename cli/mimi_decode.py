@@ -15,6 +15,7 @@ import numpy as np
 from mimi_moshi_cli._app import fail
 from mimi_moshi_cli._io import atomic_path
 from mimi_moshi_cli.mimi_common import (
+    OFFICIAL_MODEL_ID,
     ChunkDecoder,
     Progress,
     check_header_matches_model,
@@ -62,11 +63,20 @@ def decode_stream(model: Any, reader: Any, name: str, quiet: bool) -> np.ndarray
 
 
 def _same_weights(a: str, b: str) -> bool:
-    """Model ids name the same weights: equal, or local files with the same content hash."""
+    """Model ids name the same weights: equal, local files with the same content hash, or the
+    official id and a local copy of the official file (by its file name)."""
     if a == b:
         return True
-    hash_a, hash_b = a.partition("@sha256:")[2], b.partition("@sha256:")[2]
-    return bool(hash_a) and hash_a == hash_b
+    name_a, _, hash_a = a.partition("@sha256:")
+    name_b, _, hash_b = b.partition("@sha256:")
+    if hash_a and hash_b:
+        return hash_a == hash_b
+    official_file = OFFICIAL_MODEL_ID.rsplit(":", 1)[1] + ".safetensors"
+    if a == OFFICIAL_MODEL_ID and hash_b:
+        return name_b == official_file
+    if b == OFFICIAL_MODEL_ID and hash_a:
+        return name_a == official_file
+    return False
 
 
 def _check_model_field(header_model: str, ours: str, name: str) -> None:

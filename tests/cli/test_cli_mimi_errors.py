@@ -236,3 +236,19 @@ def test_binary_output_refused_on_a_terminal(tmp_path, speech, good_mimi) -> Non
             os.close(leader)
         assert proc.returncode == 2
         assert f"refusing to write {what} to a terminal" in proc.stderr.decode()
+
+
+def test_which_model_fields_name_the_same_weights() -> None:
+    from mimi_moshi_cli.mimi_common import OFFICIAL_MODEL_ID, model_id
+    from mimi_moshi_cli.mimi_decode import _same_weights
+
+    tiny = model_id(str(FIXTURES / "mimi_tiny.safetensors"))
+    assert tiny.startswith("mimi_tiny.safetensors@sha256:") and len(tiny.split(":")[-1]) == 12
+    assert model_id(None) == OFFICIAL_MODEL_ID == "kyutai/moshiko-pytorch-bf16:tokenizer-e351c8d8-checkpoint125"
+    local_official = "tokenizer-e351c8d8-checkpoint125.safetensors@sha256:0123456789ab"
+    assert _same_weights(OFFICIAL_MODEL_ID, OFFICIAL_MODEL_ID)
+    assert _same_weights(OFFICIAL_MODEL_ID, local_official) and _same_weights(local_official, OFFICIAL_MODEL_ID)
+    assert _same_weights(tiny, "renamed.safetensors@" + tiny.split("@")[1])
+    assert not _same_weights(tiny, OFFICIAL_MODEL_ID)
+    assert not _same_weights("a.safetensors@sha256:111111111111", "a.safetensors@sha256:222222222222")
+    assert not _same_weights("something else", OFFICIAL_MODEL_ID)
