@@ -327,3 +327,30 @@ def test_salvage_returns_every_frame_before_the_damage(blob: bytes, frames: int)
 def test_salvage_still_raises_on_a_bad_header() -> None:
     with pytest.raises(MimiFormatError, match="unknown .mimi format version 9"):
         read_mimi(io.BytesIO(_with(GOOD, 4, b"\x09")), salvage=True)
+
+
+def test_format_and_audio_code_do_not_need_torch() -> None:
+    """mimi_codec/bitstream and mimi_codec/audio.py load and work with torch made unimportable
+    (loaded from their files, apart from the package __init__ that also exports the model)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "mimi_codec"
+    code = f"""
+import importlib.util, io, sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+spec = importlib.util.spec_from_file_location(
+    "bits", {str(root / "bitstream" / "__init__.py")!r},
+    submodule_search_locations=[{str(root / "bitstream")!r}])
+bits = importlib.util.module_from_spec(spec); sys.modules["bits"] = bits; spec.loader.exec_module(bits)
+spec = importlib.util.spec_from_file_location("audio", {str(root / "audio.py")!r})
+audio = importlib.util.module_from_spec(spec); sys.modules["audio"] = audio; spec.loader.exec_module(audio)
+import numpy as np
+buf = io.BytesIO()
+bits.write_mimi(buf, np.arange(24).reshape(3, 8), model="m")
+print(bits.read_mimi(io.BytesIO(buf.getvalue())).codes.sum(), len(audio.resample(np.zeros(100), 16000, 24000)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["276", "150"]
