@@ -23,7 +23,7 @@ def tiny_train_config(**over: Any) -> dict[str, Any]:
         "model": TINY_MODEL, "steps": 30, "seed": 3, "log_every": 5, "checkpoint_every": 1000,
         "data": {"segment_seconds": 0.32, "batch_size": 4, "noise_prob": 0.0, "eq_prob": 0.0,
                  "reverb_prob": 0.0, "gain_db": 0.0},
-        "quantizer": {"num_codebooks": 4, "dead_check_every": 1},
+        "quantizer": {"num_codebooks": 4, "dead_check_every": 1, "dead_threshold": 0.95},
         "loss": {"adversarial": 0.0, "feature": 0.0, "mel_ffts": [64, 128, 256]},
         "optim": {"lr": 3e-3},
     }
