@@ -254,7 +254,8 @@ class ChatServer:
                         await worker
                         worker = None
                         old, current = current, None
-                        await self._run(old.close)
+                        if old is not None:
+                            await self._run(old.close)
                         current = await self._run(self.backend.open_session, settings)
                         frames = asyncio.Queue()
                         worker = asyncio.create_task(work())
@@ -315,9 +316,8 @@ def run_server(backend: ChatBackend, host: str = "127.0.0.1", port: int = 8998, 
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
-        bound = port
-        if site._server is not None and getattr(site._server, "sockets", None):  # the real port when 0 was asked
-            bound = site._server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None) or []  # the real port when 0 was asked
+        bound = sockets[0].getsockname()[1] if sockets else port
         log.info("serving the %s backend at %s://%s:%d/ (websocket /api/chat, up to %d sessions)",
                  backend.name, scheme, host, bound, max_sessions)
         try:

@@ -6,12 +6,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from mimi_moshi_cli._app import fail
 from mimi_moshi_cli._io import atomic_path
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mimi_moshi_chat.backends import BackendOptions
+    from mimi_moshi_chat.client import ChatClient
 
 SAMPLE_RATE = 24000
 
@@ -33,8 +40,14 @@ def read_speech(path: str) -> np.ndarray:
 
 
 @contextlib.asynccontextmanager
-async def local_server(backend: str, options: object, max_sessions: int = 1) -> AsyncIterator[str]:
-    """Run a backend in-process behind a server on a free localhost port; yields its URL."""
+async def local_server(backend: str, options: BackendOptions, max_sessions: int = 1) -> AsyncIterator[str]:
+    """Run a backend in-process behind a server on a free localhost port; yields its ws:// URL.
+
+    Args:
+        backend: backend name (see `mimi_moshi_chat.backends.BACKENDS`).
+        options: its model files and device.
+        max_sessions: sessions it serves at once.
+    """
     from aiohttp import web
 
     from mimi_moshi_chat.backends import load_backend
@@ -52,8 +65,20 @@ async def local_server(backend: str, options: object, max_sessions: int = 1) -> 
         await runner.cleanup()
 
 
-async def converse(url: str | None, backend: str | None, options: object, input_path: str | None,
+async def converse(url: str | None, backend: str | None, options: BackendOptions, input_path: str | None,
                    output: str | None, fast: bool, force: bool, insecure: bool) -> None:
+    """Connect (or start a local backend), talk from a file or the microphone, save the reply.
+
+    Args:
+        url: server address, or None to run `backend` here.
+        backend: backend to run in-process when `url` is None.
+        options: model files for an in-process backend.
+        input_path: recording to speak, or None for the microphone.
+        output: where to save the reply (wav), or None.
+        fast: send the recording as fast as the server takes it.
+        force: overwrite `output`.
+        insecure: accept a self-signed certificate.
+    """
     from rich.console import Console
 
     from mimi_moshi_chat.client import ChatClient, stream_file
@@ -96,8 +121,13 @@ async def converse(url: str | None, backend: str | None, options: object, input_
             err.print("[yellow]interrupted[/]")
 
 
-async def microphone_loop(client: object, err: object) -> None:
-    """Microphone to the server, reply to the speakers, until Ctrl-C or the server closes."""
+async def microphone_loop(client: ChatClient, err: Console) -> None:
+    """Microphone to the server, reply to the speakers, until Ctrl-C or the server closes.
+
+    Args:
+        client: a connected client.
+        err: where to print status lines.
+    """
     try:
         import sounddevice as sd
     except (ImportError, OSError) as e:
@@ -108,10 +138,10 @@ async def microphone_loop(client: object, err: object) -> None:
     loop = asyncio.get_running_loop()
     out_q: queue.Queue[np.ndarray] = queue.Queue()
     buffer = np.zeros(0, dtype=np.float32)
-    client.on_audio = out_q.put  # type: ignore[attr-defined]
+    client.on_audio = out_q.put
 
     def on_input(data: np.ndarray, frames: int, time_: object, status: object) -> None:
-        asyncio.run_coroutine_threadsafe(client.send_pcm(data[:, 0].copy()), loop)  # type: ignore[attr-defined]
+        asyncio.run_coroutine_threadsafe(client.send_pcm(data[:, 0].copy()), loop)
 
     def on_output(data: np.ndarray, frames: int, time_: object, status: object) -> None:
         nonlocal buffer
@@ -127,8 +157,8 @@ async def microphone_loop(client: object, err: object) -> None:
 
     with sd.InputStream(samplerate=SAMPLE_RATE, channels=1, blocksize=1920, dtype="float32", callback=on_input), \
             sd.OutputStream(samplerate=SAMPLE_RATE, channels=1, blocksize=1920, dtype="float32", callback=on_output):
-        err.print("[green]talk now (Ctrl-C to stop)[/]")  # type: ignore[attr-defined]
-        await client.closed_by_server.wait()  # type: ignore[attr-defined]
+        err.print("[green]talk now (Ctrl-C to stop)[/]")
+        await client.closed_by_server.wait()
 
 
 @click.command()

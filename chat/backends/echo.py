@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ import torch
 from mimi_moshi_chat.backends._sharing import clone_sharing_weights
 from mimi_moshi_chat.backends.base import ChatBackend, ChatSession, StepOutput, check_frame
 from mimi_moshi_chat.protocol import SamplingSettings
+
+if TYPE_CHECKING:
+    from mimi_codec import MimiModel
 
 #: Default delay: 12 frames of 80 ms.
 DEFAULT_DELAY_FRAMES = 12
@@ -32,7 +36,7 @@ class EchoSession(ChatSession):
         device: where the codec runs.
     """
 
-    def __init__(self, mimi: torch.nn.Module, delay_frames: int, device: torch.device) -> None:
+    def __init__(self, mimi: MimiModel, delay_frames: int, device: torch.device) -> None:
         self._mimi = mimi
         self._device = device
         self._stack = contextlib.ExitStack()
@@ -70,7 +74,7 @@ class EchoBackend(ChatBackend):
 
     name = "echo"
 
-    def __init__(self, mimi: torch.nn.Module, delay_frames: int = DEFAULT_DELAY_FRAMES,
+    def __init__(self, mimi: MimiModel, delay_frames: int = DEFAULT_DELAY_FRAMES,
                  device: str | torch.device = "cpu") -> None:
         if delay_frames < 0:
             raise ValueError(f"echo delay {delay_frames} frames is negative, expected >= 0")

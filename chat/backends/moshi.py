@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,12 @@ from mimi_moshi_chat.backends import BackendOptions
 from mimi_moshi_chat.backends._sharing import clone_sharing_weights
 from mimi_moshi_chat.backends.base import ChatBackend, ChatSession, StepOutput, check_frame
 from mimi_moshi_chat.protocol import SamplingSettings
+
+if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
+
+    from mimi_codec import MimiModel
+    from moshi_lm import LMGen, LMModel
 
 log = logging.getLogger("mimi_moshi_chat.backends.moshi")
 
@@ -47,15 +54,15 @@ class MoshiSession(ChatSession):
         device: where the models run.
     """
 
-    def __init__(self, gen: object, mimi: torch.nn.Module, tokenizer: object, device: torch.device) -> None:
+    def __init__(self, gen: LMGen, mimi: MimiModel, tokenizer: SentencePieceProcessor, device: torch.device) -> None:
         self._gen = gen
         self._mimi = mimi
         self._tokenizer = tokenizer
         self._device = device
         self._stack = contextlib.ExitStack()
         self._mimi_state = self._stack.enter_context(mimi.streaming(1))
-        self._state = gen.new_state(1)  # type: ignore[attr-defined]
-        cfg = gen.lm.config  # type: ignore[attr-defined]
+        self._state = gen.new_state(1)
+        cfg = gen.lm.config
         self._silent_tokens = {cfg.existing_text_padding_id, cfg.existing_text_end_padding_id}
         self._first = True
 
@@ -73,14 +80,14 @@ class MoshiSession(ChatSession):
                 self._first = False
                 self._mimi_state.reset()
                 return StepOutput(None, None)
-            tokens = self._gen.step(codes, self._state)  # type: ignore[attr-defined]
+            tokens = self._gen.step(codes, self._state)
             if tokens is None:
                 return StepOutput(None, None)
             audio = self._mimi.decode(tokens[:, 1:])
         text_id = int(tokens[0, 0, 0])
         text = None
         if text_id not in self._silent_tokens:
-            text = self._tokenizer.id_to_piece(text_id).replace("\u2581", " ")  # type: ignore[attr-defined]
+            text = self._tokenizer.id_to_piece(text_id).replace("\u2581", " ")
         return StepOutput(audio.view(-1).float().cpu().numpy(), text)
 
     def close(self) -> None:
@@ -100,7 +107,7 @@ class MoshiBackend(ChatBackend):
 
     name = "moshi"
 
-    def __init__(self, lm: torch.nn.Module, mimi: torch.nn.Module, tokenizer: object,
+    def __init__(self, lm: LMModel, mimi: MimiModel, tokenizer: SentencePieceProcessor,
                  device: str | torch.device = "cpu", defaults: GenDefaults = GenDefaults()) -> None:
         self.lm = lm
         self.mimi = mimi

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mimi_moshi_chat.backends.base import FRAME_SIZE, ChatBackend, ChatSession, StepOutput, check_frame
 from mimi_moshi_chat.client import ChatClient
 from mimi_moshi_chat.protocol import SamplingSettings
+
+T = TypeVar("T")
 
 
 class RemoteSession(ChatSession):
@@ -40,7 +44,7 @@ class RemoteSession(ChatSession):
         self._thread = threading.Thread(target=self._loop.run_forever, name="chat-remote", daemon=True)
         self._thread.start()
         try:
-            self._client: ChatClient = self._call(ChatClient.connect(url, settings, timeout=connect_timeout),
+            self._client = self._call(ChatClient.connect(url, settings, timeout=connect_timeout),
                                                   connect_timeout + 5)
         except BaseException:
             self._stop_loop()
@@ -48,8 +52,9 @@ class RemoteSession(ChatSession):
         self._client.on_audio = self._on_audio
         self._client.on_text = self._on_text
 
-    def _call(self, coro: object, timeout: float) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coro` on the session's own event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def _on_audio(self, pcm: np.ndarray) -> None:
         with self._lock:
