@@ -98,3 +98,12 @@ def test_moshi_backend_tiny_lm_text_and_audio():
     np.testing.assert_array_equal(again[-1].pcm, outs[-1].pcm)
     other = run(2)
     assert [o.text for o in other] != [o.text for o in outs]
+
+    # The session is moshi_lm's own duplex pipeline: after the dropped first frame, its audio and
+    # text equal `converse` on the remaining frames with the same seed, frame for frame.
+    from moshi_lm import converse
+
+    ref = converse(backend.models.pipeline(seed=1), torch.from_numpy(frames[1:].reshape(1, 1, -1)))
+    got = np.concatenate([np.zeros(1920, np.float32) if o.pcm is None else o.pcm for o in outs[1:]])
+    np.testing.assert_array_equal(got, ref.pcm.view(-1).numpy())
+    assert "".join(o.text or "" for o in outs) == ref.texts[0]
