@@ -71,7 +71,8 @@ def train(config_path: str, data: tuple[str, ...], out: str, resume: bool, init_
     console.print(f"saved {Path(out) / 'model.safetensors'} at step {trainer.step}")
 
 
-def _load_eval_model(model: str | None, weights: str | None, config: str | None, device: str) -> tuple[Any, str]:
+def _load_eval_model(model: str | None, weights: str | None, config: str | None, device: str,
+                     num_codebooks: int) -> tuple[Any, str]:
     from mimi_codec import load_mimi
     from mimi_codec.named_models import named_model
 
@@ -79,11 +80,12 @@ def _load_eval_model(model: str | None, weights: str | None, config: str | None,
         if weights is not None or config is not None:
             fail("give either --model or --weights/--config, not both")
         nm = named_model(model)
-        return load_mimi(weights=nm.weights, config=nm.config, device=device), f"mimi:{model}"
+        return (load_mimi(weights=nm.weights, config=nm.config, device=device, num_codebooks=num_codebooks),
+                f"mimi:{model}")
     if weights is not None and not Path(weights).is_file():
         fail(f"weights file {weights} does not exist")
     name = f"mimi:{Path(weights).name}" if weights else "mimi:official"
-    return load_mimi(weights=weights, config=config, device=device), name
+    return load_mimi(weights=weights, config=config, device=device, num_codebooks=num_codebooks), name
 
 
 @click.command("eval")
@@ -110,7 +112,7 @@ def evaluate(data: tuple[str, ...], model: str | None, weights: str | None, conf
     from mimi_codec.train.data import find_audio
     from mimi_codec.train.evaluate import codec2_roundtrip, mimi_roundtrip, opus_roundtrip, quality
 
-    codec, name = _load_eval_model(model, weights, config, device)
+    codec, name = _load_eval_model(model, weights, config, device, num_codebooks)
     bits = math.log2(codec.cardinality)
     systems: dict[str, tuple[Any, float]] = {
         name: (lambda x: mimi_roundtrip(codec, x, num_codebooks), num_codebooks * bits * codec.frame_rate)}

@@ -1,0 +1,100 @@
+"""Quality metrics, reference codecs, and `mimi train` / `mimi eval` run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trainutil import tiny_train_config, write_tone_data
+
+from mimi_codec.audio import load_audio
+from mimi_codec.train.evaluate import align, codec2_roundtrip, opus_roundtrip, quality
+
+pytest.importorskip("pesq")
+pytest.importorskip("pystoi")
+
+
+def _speech(data_dir: Path) -> np.ndarray:
+    return load_audio(data_dir / "p260_00000.mp3").wav
+
+
+def test_align_finds_the_delay() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(4000).astype(np.float32)
+    late = np.concatenate([np.zeros(37, np.float32), ref])
+    np.testing.assert_array_equal(align(ref, late, 100)[:-37], ref[:-37])
+    early = ref[25:]
+    np.testing.assert_array_equal(align(ref, early, 100)[25:], ref[25:])
+
+
+def test_quality_of_identity_and_noise(data_dir: Path) -> None:
+    x = _speech(data_dir)
+    same = quality(x, x, visqol=False)
+    assert same.pesq is not None and same.pesq > 4.5
+    assert same.stoi == pytest.approx(1.0, abs=1e-6)
+    assert same.mel_distance == 0.0
+    noisy = x + 0.05 * np.random.default_rng(0).standard_normal(len(x)).astype(np.float32)
+    worse = quality(x, noisy, visqol=False)
+    assert worse.pesq is not None and worse.pesq < 2.5
+    assert worse.stoi is not None and worse.stoi < 0.95
+    assert worse.mel_distance > 0.1
+
+
+@pytest.mark.skipif(shutil.which("c2enc") is None or shutil.which("opusenc") is None,
+                    reason="codec2 / opus-tools not installed (apt-get install codec2 opus-tools)")
+def test_reference_codecs_round_trip(data_dir: Path) -> None:
+    x = _speech(data_dir)
+    c2 = quality(x, codec2_roundtrip(x), visqol=False)
+    op = quality(x, opus_roundtrip(x), visqol=False)
+    # both are intelligible but lossy, Opus at 6 kbit/s well above Codec2 at 1.2 kbit/s
+    assert c2.stoi is not None and op.stoi is not None and c2.pesq is not None and op.pesq is not None
+    assert 0.6 < c2.stoi < op.stoi < 0.99
+    assert 1.0 < c2.pesq < op.pesq < 4.0
+
+
+def _mimi(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", "from mimi_moshi_cli.mimi import main; main()", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
+    data = write_tone_data(tmp_path / "data")
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps(tiny_train_config(steps=6, checkpoint_every=3)))
+    out = tmp_path / "run"
+    r = _mimi("train", "--config", str(cfg), "--data", str(data), "--out", str(out), "--steps", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [3]
+    again = _mimi("train", "--config", str(cfg), "--data", str(data), "--out", str(out), "--quiet")
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    r = _mimi("train", "--config", str(cfg), "--data", str(data), "--out", str(out), "--resume", "--quiet")
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 5, 6]
+    report = tmp_path / "scores.json"
+    r = _mimi("eval", "--data", str(data), "--weights", str(out / "model.safetensors"),
+              "--config", str(out / "config.json"), "-q", "4", "--no-visqol", "--json", str(report))
+    assert r.returncode == 0, r.stderr
+    scores = json.loads(report.read_text())
+    name = "mimi:model.safetensors"
+    assert scores["summary"][name]["files"] == 2
+    assert scores["summary"][name]["bitrate"] == 4 * 5 * 12.5  # 4 codebooks of 32 entries
+    assert all(row["mel_distance"] > 0 and row["stoi"] is not None for row in scores["files"])
+    assert "PESQ" in r.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"optim": {"lr": 1, "momentum": 0.9}}))
+    r = _mimi("train", "--config", str(cfg), "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown keys ['momentum']" in r.stderr and "Traceback" not in r.stderr
+    r = _mimi("eval", "--data", str(tmp_path), "--model", "no-such-model")
+    assert r.returncode == 2 and "no-such-model" in r.stderr and "Traceback" not in r.stderr
