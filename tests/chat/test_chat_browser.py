@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,11 +20,11 @@ from chatutil import LM, MIMI, serve, speech
 CHROMIUM = os.environ.get("MOSHI_CHROMIUM", "/usr/bin/chromium")
 
 
-def launch(p, wav: Path):
+def launch(p, wav: Path, extra: tuple[str, ...] = ()):
     return p.chromium.launch(executable_path=CHROMIUM, args=[
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}", "--no-sandbox", "--headless", "--disable-gpu",
-        "--disable-background-networking", "--autoplay-policy=no-user-gesture-required"])
+        "--disable-background-networking", "--autoplay-policy=no-user-gesture-required", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,10 @@ def browser_env(tmp_path_factory):
     return sync_api, wav
 
 
-def talk(sync_api, wav, url, until, screenshot=None, timeout_ms=90000):
+def talk(sync_api, wav, url, until, screenshot=None, timeout_ms=90000, extra=()):
     """Open the page, switch the mic on, wait for the JS condition `until` on `moshiStats` (s), mic off."""
     with sync_api.sync_playwright() as p:
-        browser = launch(p, wav)
+        browser = launch(p, wav, extra)
         try:
             page = browser.new_page()
             problems = []
@@ -97,4 +98,22 @@ def test_page_with_echo_backend_returns_the_voice(browser_env, tmp_path):
     assert stats["text"] == ""  # the echo says nothing
     # Full duplex: the voice comes back while the microphone is still sending.
     assert stats["sentSamples"] >= stats["receivedSamples"] > 3 * stats["sampleRate"]
+    assert stats["replyEnergy"] > 1.0
+
+
+def test_page_over_https(browser_env, tmp_path):
+    sync_api, wav = browser_env
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (apt-get install openssl)")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(certs / "key.pem"),
+                    "-out", str(certs / "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True,
+                   capture_output=True)
+    with serve(["--backend", "echo", *MIMI, "--echo-delay", "2", "--ssl", str(certs)], tmp_path,
+               scheme="https") as server:
+        # A secure page (https, wss) gets the microphone from any host, not only localhost.
+        stats, texts, problems = talk(sync_api, wav, f"https://127.0.0.1:{server.port}/",
+                                      "s.receivedSamples > 2 * s.sampleRate", extra=("--ignore-certificate-errors",))
+    assert problems == [] and stats["errors"] == [] and stats["backend"] == "echo"
     assert stats["replyEnergy"] > 1.0
