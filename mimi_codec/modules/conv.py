@@ -13,6 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+#: Convolutions whose output has at most this many steps run as one matmul when
+#: `matmul_small` is on (streaming calls: 1..16 steps at the low-rate, wide layers).
+MATMUL_MAX_STEPS = 64
+
 
 @dataclass
 class ConvState:
@@ -63,6 +67,8 @@ class CausalConv1d(nn.Conv1d):
             raise ValueError(f"pad_mode: expected 'constant' or 'replicate', got {pad_mode!r}")
         self.pad_mode = pad_mode
         self.context = (kernel_size - 1) * dilation + 1 - stride
+        #: speedup switch: short outputs as unfold + one matmul instead of F.conv1d.
+        self.matmul_small = False
 
     def init_state(self, batch_size: int) -> ConvState:
         """A fresh state for `batch_size` streams."""
@@ -87,7 +93,23 @@ class CausalConv1d(nn.Conv1d):
             x = torch.cat([state.previous, x], dim=-1)
             state.previous.copy_(x[..., x.shape[-1] - ctx:])
         state.first = False
+        steps = (x.shape[-1] - (self.kernel_size[0] - 1) * self.dilation[0] - 1) // self.stride[0] + 1
+        if self.matmul_small and self.groups == 1 and steps <= MATMUL_MAX_STEPS:
+            return self._matmul_conv(x)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def _matmul_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """F.conv1d (no padding) as [B, T_out, C_in * K] @ [C_in * K, C_out]: for few output
+        steps this reads the weight once in a fast GEMM instead of a slow small-conv path."""
+        k, d, s = self.kernel_size[0], self.dilation[0], self.stride[0]
+        span = (k - 1) * d + 1
+        win = x.unfold(-1, span, s)  # [B, C_in, T_out, span]
+        if d > 1:
+            win = win[..., ::d]
+        B, C, T, _ = win.shape
+        cols = win.permute(0, 2, 1, 3).reshape(B, T, C * k)
+        y = F.linear(cols, self.weight.view(self.out_channels, C * k), self.bias)  # [B, T_out, C_out]
+        return y.transpose(1, 2)
 
 
 class CausalConvTranspose1d(nn.ConvTranspose1d):
@@ -104,6 +126,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         self.overlap = kernel_size - stride
         if self.overlap < 0:
             raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
+        #: speedup switch: short inputs as one matmul + overlap-add instead of F.conv_transpose1d.
+        self.matmul_small = False
 
     def init_state(self, batch_size: int) -> ConvTrState:
         """A fresh state for `batch_size` streams."""
@@ -120,7 +144,11 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         """
         if state is None:
             state = self.init_state(x.shape[0])
-        y = F.conv_transpose1d(x, self.weight, self.bias, self.stride, 0, 0, self.groups)
+        if (self.matmul_small and self.groups == 1 and x.shape[-1] <= MATMUL_MAX_STEPS
+                and self.kernel_size[0] % self.stride[0] == 0):
+            y = self._matmul_convtr(x)
+        else:
+            y = F.conv_transpose1d(x, self.weight, self.bias, self.stride, 0, 0, self.groups)
         pt = self.overlap
         if pt:
             y[..., :pt] += state.partial
@@ -129,4 +157,21 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
                 tail = tail - self.bias[:, None]
             state.partial.copy_(tail)
             y = y[..., : y.shape[-1] - pt]
+        return y
+
+    def _matmul_convtr(self, x: torch.Tensor) -> torch.Tensor:
+        """F.conv_transpose1d (K a multiple of the stride) as [B, T, C_in] @ [C_in, C_out * K]
+        then an overlap-add of the K / stride blocks: one GEMM instead of the slow col2im path."""
+        B, _, T = x.shape
+        s, k = self.stride[0], self.kernel_size[0]
+        n = k // s
+        co = self.out_channels
+        z = torch.matmul(x.transpose(1, 2), self.weight.view(self.in_channels, co * k))
+        z = z.view(B, T, co, n, s)
+        y = z.new_zeros(B, T + n - 1, co, s)
+        for j in range(n):
+            y[:, j: j + T] += z[:, :, :, j]
+        y = y.permute(0, 2, 1, 3).reshape(B, co, (T + n - 1) * s)
+        if self.bias is not None:
+            y = y + self.bias[:, None]
         return y

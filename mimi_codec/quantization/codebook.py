@@ -25,6 +25,10 @@ class Codebook(nn.Module):
         self.register_buffer("embedding_sum", torch.zeros(bins, dim))
         self._cache: torch.Tensor | None = None
         self._cache_key: tuple[int, ...] = ()
+        #: speedup switch: keep the centroid side of the distance matmul between calls.
+        self.cache_distances = False
+        self._table: torch.Tensor | None = None
+        self._table_key: tuple[int, ...] = ()
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -42,7 +46,25 @@ class Codebook(nn.Module):
         Returns:
             [N] int64 index of the nearest centroid (Euclidean distance).
         """
+        if self.cache_distances:
+            return self._encode_cached(x)
         dists = torch.cdist(x[None], self.embedding[None], p=2)[0]
+        return dists.argmin(dim=-1)
+
+    def _encode_cached(self, x: torch.Tensor) -> torch.Tensor:
+        """`encode` computing what torch.cdist computes (its matmul form: |x|^2 - 2 x.c + |c|^2
+        as one GEMM of padded operands, clamp, sqrt), with the centroid operand
+        [bins, dim + 2] = [c, 1, |c|^2] built once instead of on every call. Same operands
+        and shapes as cdist's own GEMM, hence the same codes."""
+        emb = self.embedding
+        key = (*self._cache_key, emb.data_ptr())
+        if self._table is None or key != self._table_key:
+            self._table = torch.cat([emb, torch.ones_like(emb[:, :1]), emb.pow(2).sum(-1, keepdim=True)], -1)
+            self._table_key = key
+        xs = x[None]
+        x_norm = xs.pow(2).sum(-1, keepdim=True)
+        x_pad = torch.cat([xs.mul(-2), x_norm, torch.ones_like(x_norm)], -1)
+        dists = x_pad.matmul(self._table[None].mT).clamp_min_(0).sqrt_()[0]
         return dists.argmin(dim=-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""Switches for Mimi's speedups. Each one changes how a result is computed, never what:
+codes stay those of the plain path and audio within 1e-4 (tests/perf checks both), and each
+can be turned off alone to measure what it brings (`benchmarks/test_bench_streaming.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import nn
+
+#: Convolutions with at least this many weights get the input-major layout (the wide,
+#: low-rate ones whose streaming calls run as a GEMM of a few rows).
+INPUT_MAJOR_MIN_CONV = 1 << 20
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Which speedups a MimiModel uses (all on by default)."""
+
+    matmul_conv: bool = True  # convs / transposed convs with <= 64 output steps as one GEMM
+    input_major: bool = True  # linear and wide conv weights stored input-major: GEMMs with few rows read them 2x faster
+    cache_distances: bool = True  # the codebook side of the nearest-centroid GEMM built once
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The switch names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def all(cls) -> "Speedups":
+        """Every speedup on."""
+        return cls()
+
+    @classmethod
+    def none(cls) -> "Speedups":
+        """Every speedup off: the plain path."""
+        return cls(**{n: False for n in cls.names()})
+
+    def without(self, name: str) -> "Speedups":
+        """These speedups with `name` turned off."""
+        if name not in self.names():
+            raise ValueError(f"speedup {name!r}: expected one of {list(self.names())}")
+        return dataclasses.replace(self, **{name: False})
+
+
+def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
+    """Set the per-module switches of `model` (its convolutions, attentions and codebooks)."""
+    from ..modules.conv import CausalConv1d, CausalConvTranspose1d
+    from ..quantization.codebook import Codebook
+
+    for m in model.modules():
+        if isinstance(m, nn.Linear) or (isinstance(m, CausalConv1d) and m.groups == 1
+                                        and m.weight.numel() >= INPUT_MAJOR_MIN_CONV):
+            _set_layout(m.weight, speedups.input_major)
+        if isinstance(m, (CausalConv1d, CausalConvTranspose1d)):
+            m.matmul_small = speedups.matmul_conv
+        elif isinstance(m, Codebook):
+            m.cache_distances = speedups.cache_distances
+
+
+def _set_layout(w: nn.Parameter, input_major: bool) -> None:
+    """Store w ([out, in] or [out, in, k]) with the output index fastest in memory, or back
+    to contiguous. Same values and shape: only the strides change."""
+    if w.device.type == "meta":
+        return
+    order = list(range(1, w.dim())) + [0]  # (in, [k,] out) in memory
+    if input_major and w.is_contiguous():
+        inv = [order.index(i) for i in range(w.dim())]
+        w.data = w.data.permute(*order).contiguous().permute(*inv)
+    elif not input_major and not w.is_contiguous():
+        w.data = w.data.contiguous()
