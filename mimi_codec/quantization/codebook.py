@@ -46,7 +46,7 @@ class Codebook(nn.Module):
         Returns:
             [N] int64 index of the nearest centroid (Euclidean distance).
         """
-        if self.cache_distances:
+        if self.cache_distances and not torch.is_grad_enabled():  # inference only: no autograd
             return self._encode_cached(x)
         dists = torch.cdist(x[None], self.embedding[None], p=2)[0]
         return dists.argmin(dim=-1)
