@@ -136,7 +136,7 @@ class LMGen:
         if t <= self.max_delay:
             initial = self.lm.initial_tokens(1)[:, :, 0]
             column = torch.where(self._init_masks[t], initial, column)
-        return column[:, :, None]
+        return column
 
     @torch.no_grad()
     def step(self, user_codes: torch.Tensor, state: LMGenState | None = None) -> torch.Tensor | None:
@@ -162,8 +162,8 @@ class LMGen:
         tokens = state.tokens
         tokens[:, self._user_rows, self._user_cols[t % self.ring]] = user_codes[:, :need, 0].to(tokens)
 
-        hidden, text_logits = self.lm.forward_text(self._frame_input(state, t), t, state.lm.temporal)
-        text = sample_token(text_logits[:, 0, 0], self.use_sampling, self.temp_text, self.top_k_text,
+        hidden, text_logits = self.lm.step_text(self._frame_input(state, t), t, state.lm.temporal)
+        text = sample_token(text_logits, self.use_sampling, self.temp_text, self.top_k_text,
                             state.generator)
         audio = self.depformer_tokens(text, hidden, state)
         column = (t + 1) % self.ring
@@ -179,7 +179,7 @@ class LMGen:
 
         Args:
             text: [B] int64 text token of this frame.
-            hidden: [B, 1, dim] temporal output of this frame.
+            hidden: [B, dim] temporal output of this frame.
             state: the conversation state (its depformer rings and generator are used).
         Returns:
             [B, dep_q] int64.
@@ -187,7 +187,7 @@ class LMGen:
         prev = text
         out = []
         for k in range(self.lm.config.dep_q):
-            logits = self.lm.forward_depformer(k, prev, hidden, state.lm.depth)
-            prev = sample_token(logits[:, 0], self.use_sampling, self.temp, self.top_k, state.generator)
+            logits = self.lm.step_depformer(k, prev, hidden, state.lm.depth)
+            prev = sample_token(logits, self.use_sampling, self.temp, self.top_k, state.generator)
             out.append(prev)
         return torch.stack(out, dim=1)

@@ -84,12 +84,13 @@ class RMSNorm(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, 1, dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x: [B, T, dim]. Returns: [B, T, dim] in x's dtype."""
+        """Args: x: [..., dim]. Returns: [..., dim] in x's dtype."""
         x_dtype = x.dtype
         if self.fp32 and x_dtype != torch.float32:
             x = x.float()
         var = self.eps + torch.mean(x * x, dim=-1, keepdim=True)
-        alpha = self.alpha if self.alpha.dtype == var.dtype else self.alpha.to(var.dtype)
+        alpha = self.alpha[0, 0]
+        alpha = alpha if alpha.dtype == var.dtype else alpha.to(var.dtype)
         y = x * (alpha * torch.rsqrt(var))
         return y if y.dtype == x_dtype else y.to(x_dtype)
 
@@ -153,7 +154,8 @@ class ScaledEmbedding(nn.Embedding):
         return F.embedding(tokens, self.weight)
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, max_period: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(positions: torch.Tensor, head_dim: int,
+                max_period: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cosine and sine tables of interleaved RoPE for the given positions.
 
     Args:
@@ -161,7 +163,8 @@ def rope_tables(positions: torch.Tensor, head_dim: int, max_period: float) -> tu
         head_dim: per-head width D (even).
         max_period: period of the slowest rotation.
     Returns:
-        (cos, sin), each [T, D/2] or [B, 1, T, D/2], float32, broadcastable to [B, H, T, D/2].
+        (cos, sin, freqs): cos and sin [T, D/2] or [B, 1, T, D/2] float32, broadcastable to
+        [B, H, T, D/2]; freqs [D/2] the rotation frequencies.
     """
     ds = torch.arange(head_dim // 2, device=positions.device, dtype=torch.float32)
     freqs = torch.exp(ds * (-math.log(max_period) * 2 / head_dim))
@@ -169,7 +172,7 @@ def rope_tables(positions: torch.Tensor, head_dim: int, max_period: float) -> tu
     if ts.dim() == 3:
         ts = ts[:, None]
     angles = freqs * ts
-    return torch.cos(angles), torch.sin(angles)
+    return torch.cos(angles), torch.sin(angles), freqs
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -182,22 +182,36 @@ class LMModel(nn.Module):
         hidden = self.out_norm(self.transformer(self.embed(tokens), position, caches))
         return hidden, self.text_linear(hidden)[:, None]
 
+    def step_text(self, tokens: torch.Tensor, position: int,
+                  caches: list[KVCache]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One streaming temporal step.
+
+        Args:
+            tokens: [B, 1 + n_q] int64, the delayed input frame at `position`.
+            position: step index.
+            caches: temporal KV rings.
+        Returns:
+            (hidden [B, dim] after the output norm, text_logits [B, text_card]).
+        """
+        hidden = self.out_norm(self.transformer.step(self.embed(tokens[:, :, None])[:, 0], position, caches))
+        return hidden, self.text_linear(hidden)
+
     # -- depformer -------------------------------------------------------------------------------
-    def forward_depformer(self, k: int, prev_token: torch.Tensor, hidden: torch.Tensor,
-                          caches: list[KVCache]) -> torch.Tensor:
+    def step_depformer(self, k: int, prev_token: torch.Tensor, hidden: torch.Tensor,
+                       caches: list[KVCache]) -> torch.Tensor:
         """One streaming depformer step: logits of Moshi's audio codebook k.
 
         Args:
             k: codebook index, 0 <= k < dep_q (steps must run in order 0, 1, ...).
             prev_token: [B] int64 valid ids (>= 0), the text token for k == 0, else audio codebook k - 1.
-            hidden: [B, 1, dim] temporal output of this frame.
+            hidden: [B, dim] temporal output of this frame.
             caches: depformer KV rings (capacity >= dep_q).
         Returns:
-            [B, 1, card] logits.
+            [B, card] logits.
         """
         emb = self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
-        x = self._depformer_in(k, hidden) + emb.lookup(prev_token[:, None])
-        out = self.depformer(x, k, caches, [self.config.depformer_weight_index(k)])
+        x = self._depformer_in(k, hidden) + emb.lookup(prev_token)
+        out = self.depformer.step(x, k, caches, self.config.depformer_weight_index(k))
         return self.linears[k](out)
 
     def forward(self, codes: torch.Tensor) -> LMOutput:
@@ -248,19 +262,19 @@ class LMModel(nn.Module):
 @torch.no_grad()
 def random_init_(model: LMModel, seed: int = 0) -> LMModel:
     """Fill a float model with random weights (tests, benchmarks): N(0, 1/fan_in) matrices,
-    norms' alpha near 1. Deterministic for a given seed; returns the model.
+    norms' alpha near 1. Deterministic for a given seed and device; returns the model.
 
     Args:
         model: an allocated (not meta) float model.
         seed: random seed.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=model.device).manual_seed(seed)
     for name, p in model.named_parameters():
         if not p.dtype.is_floating_point:
             raise ValueError(f"random_init_ needs a float model, {name} is {p.dtype}")
+        p.normal_(generator=gen)
         if name.endswith("alpha") or name.endswith("scale"):
-            value = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+            p.mul_(0.1).add_(1.0)
         else:
-            value = torch.randn(p.shape, generator=gen) / max(p.shape[-1], 1) ** 0.5
-        p.copy_(value.to(p.dtype))
+            p.mul_(1.0 / max(p.shape[-1], 1) ** 0.5)
     return model

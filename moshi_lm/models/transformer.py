@@ -100,15 +100,43 @@ class Attention(nn.Module):
             return x
         return x.repeat_interleave(self.kv_repeat, dim=1)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                position: int, cache: KVCache | None, weight_ids: list[int] | None) -> torch.Tensor:
-        """Attend over the sequence (full path) or over the cache (streaming path).
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, position: int,
+             cache: KVCache, weight_id: int) -> torch.Tensor:
+        """Streaming path: one position, keys/values into the ring, attend over its filled slots.
 
         Args:
-            x: [B, T, dim]; T == 1 when `cache` is given.
-            rope: (cos, sin) tables for positions position..position+T-1, or None.
-            position: absolute position of x[:, 0].
-            cache: the layer's ring cache for streaming, or None.
+            x: [B, dim] the (normed) input at `position`.
+            rope: (cos, sin) tables [1, head_dim/2] for `position`, or None.
+            position: absolute position.
+            cache: the layer's ring cache.
+            weight_id: weight set of this position.
+        Returns:
+            [B, dim].
+        """
+        B = x.shape[0]
+        qkv = self.in_proj(x, weight_id)
+        q = qkv[:, :self.dim].view(B, self.num_heads, 1, self.head_dim)
+        kv = qkv[:, self.dim:].view(B, 2, self.kv_heads, self.head_dim)
+        k, v = kv[:, 0], kv[:, 1]
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
+        slot = position % cache.capacity
+        cache.keys[:, :, slot] = k
+        cache.values[:, :, slot] = v
+        n = min(position + 1, cache.capacity)
+        keys = self._repeat_kv(cache.keys[:, :, :n])
+        values = self._repeat_kv(cache.values[:, :, :n])
+        out = F.scaled_dot_product_attention(q, keys, values)
+        return self.out_proj(out.transpose(1, 2).reshape(B, self.dim), weight_id)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                weight_ids: list[int] | None) -> torch.Tensor:
+        """Full path: causal attention over the whole sequence, limited to the context.
+
+        Args:
+            x: [B, T, dim].
+            rope: (cos, sin) tables [T, head_dim/2] for positions 0..T-1 (plus offset), or None.
             weight_ids: weight set per time step (length T), None = set 0.
         Returns:
             [B, T, dim].
@@ -122,23 +150,12 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
-        if cache is None:
-            pos = torch.arange(T, device=x.device)
-            delta = pos[:, None] - pos[None, :]
-            mask = delta >= 0
-            if self.context is not None:
-                mask = mask & (delta < self.context)
-            out = F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask)
-        else:
-            if T != 1:
-                raise ValueError(f"streaming attention takes one step at a time, got T={T}")
-            slot = position % cache.capacity
-            cache.keys[:, :, slot] = k[:, :, 0]
-            cache.values[:, :, slot] = v[:, :, 0]
-            n = min(position + 1, cache.capacity)
-            keys = self._repeat_kv(cache.keys[:, :, :n])
-            values = self._repeat_kv(cache.values[:, :, :n])
-            out = F.scaled_dot_product_attention(q, keys, values)
+        pos = torch.arange(T, device=x.device)
+        delta = pos[:, None] - pos[None, :]
+        mask = delta >= 0
+        if self.context is not None:
+            mask = mask & (delta < self.context)
+        out = F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask)
         out = out.transpose(1, 2).reshape(B, T, self.dim)
         return self._output(out, weight_ids)
 
@@ -183,11 +200,18 @@ class TransformerLayer(nn.Module):
             return gatings[weight_ids[0]](x)
         return torch.cat([gatings[i](x[:, t:t + 1]) for t, i in enumerate(weight_ids)], dim=1)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, position: int,
-                cache: KVCache | None, weight_ids: list[int] | None) -> torch.Tensor:
-        """Args: see `Attention.forward`. Returns: [B, T, dim]."""
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope, position, cache, weight_ids))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                weight_ids: list[int] | None) -> torch.Tensor:
+        """Full path. Args: see `Attention.forward`. Returns: [B, T, dim]."""
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope, weight_ids))
         return x + self.layer_scale_2(self._feed_forward(self.norm2(x), weight_ids))
+
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, position: int,
+             cache: KVCache, weight_id: int) -> torch.Tensor:
+        """Streaming path. Args: see `Attention.step`. Returns: [B, dim]."""
+        x = x + self.layer_scale_1(self.self_attn.step(self.norm1(x), rope, position, cache, weight_id))
+        gating = self.gating[weight_id] if self.per_step_gating else self.gating
+        return x + self.layer_scale_2(gating(self.norm2(x)))
 
 
 class Transformer(nn.Module):
@@ -208,6 +232,7 @@ class Transformer(nn.Module):
         self.kv_heads = num_heads // kv_repeat
         self.context = context
         self.max_period = max_period
+        self._freq_cache: dict[torch.device, torch.Tensor] = {}
         self.layers = nn.ModuleList([
             TransformerLayer(dim, num_heads, dim_feedforward, steps, activation, norm, layer_scale,
                              kv_repeat, context, device=device, dtype=dtype)
@@ -219,6 +244,14 @@ class Transformer(nn.Module):
         """One zeroed ring cache per layer."""
         return [KVCache.empty(batch_size, self.kv_heads, capacity, self.head_dim, device, dtype)
                 for _ in self.layers]
+
+    def _freqs(self, device: torch.device) -> torch.Tensor:
+        """RoPE frequencies, computed once per device (not a parameter: no checkpoint entry)."""
+        cached = self._freq_cache.get(device)
+        if cached is None:
+            cached = rope_tables(torch.zeros(1, device=device), self.head_dim, self.max_period or 1.0)[2]
+            self._freq_cache[device] = cached
+        return cached
 
     def forward(self, x: torch.Tensor, position: int = 0, caches: list[KVCache] | None = None,
                 weight_ids: list[int] | None = None) -> torch.Tensor:
@@ -232,10 +265,33 @@ class Transformer(nn.Module):
         Returns:
             [B, T, dim].
         """
+        if caches is not None:
+            if x.shape[1] != 1:
+                raise ValueError(f"streaming takes one step at a time, got T={x.shape[1]}")
+            return self.step(x[:, 0], position, caches, 0 if weight_ids is None else weight_ids[0])[:, None]
         rope = None
         if self.max_period is not None:
             positions = torch.arange(x.shape[1], device=x.device, dtype=torch.float32) + position
-            rope = rope_tables(positions, self.head_dim, self.max_period)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rope, position, None if caches is None else caches[i], weight_ids)
+            rope = rope_tables(positions, self.head_dim, self.max_period)[:2]
+        for layer in self.layers:
+            x = layer(x, rope, weight_ids)
+        return x
+
+    def step(self, x: torch.Tensor, position: int, caches: list[KVCache], weight_id: int = 0) -> torch.Tensor:
+        """One streaming position through all layers.
+
+        Args:
+            x: [B, dim].
+            position: absolute position (the step index).
+            caches: per-layer ring caches.
+            weight_id: weight set of this position (depformer step), 0 when shared.
+        Returns:
+            [B, dim].
+        """
+        rope = None
+        if self.max_period is not None:
+            angles = self._freqs(x.device) * float(position)
+            rope = (torch.cos(angles)[None], torch.sin(angles)[None])
+        for layer, cache in zip(self.layers, caches):
+            x = layer.step(x, rope, position, cache, weight_id)
         return x
