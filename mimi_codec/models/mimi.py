@@ -19,6 +19,7 @@ from ..modules.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvT
 from ..modules.seanet import SeanetDecoder, SeanetEncoder, SeanetState
 from ..modules.transformer import Transformer, TransformerState
 from ..quantization.rvq import SplitResidualVQ
+from .speedups import Speedups, apply_speedups
 
 DEFAULT_CHUNK_FRAMES = 25  # 2 s per chunk in whole-file encode/decode
 
@@ -93,6 +94,10 @@ class MimiModel(nn.Module):
         self.num_codebooks = num_codebooks
         self.chunk_frames = DEFAULT_CHUNK_FRAMES
         self._stream: MimiState | None = None
+        self._speedups = Speedups()
+        apply_speedups(self, self._speedups)
+        # loading replaces the parameters (assign=True) or their values: lay them out again
+        self.register_load_state_dict_post_hook(lambda module, _keys: apply_speedups(module, module._speedups))
 
     # ----------------------------------------------------------------- properties
     @property
@@ -133,6 +138,29 @@ class MimiModel(nn.Module):
     @num_codebooks.setter
     def num_codebooks(self, n: int) -> None:
         self._num_codebooks = self._check_num_codebooks(n)
+
+    @property
+    def speedups(self) -> Speedups:
+        """The speedups in use (see `set_speedups`)."""
+        return self._speedups
+
+    def set_speedups(self, speedups: Speedups | None) -> None:
+        """Choose the speedups: Speedups() = all of them (the default), None = the plain path.
+
+        They change how results are computed, not the codes (audio moves by < 1e-6).
+        Not inside `streaming()`.
+
+        Args:
+            speedups: a Speedups, or None for Speedups.none().
+        """
+        if speedups is None:
+            speedups = Speedups.none()
+        if not isinstance(speedups, Speedups):
+            raise ValueError(f"speedups: expected a Speedups or None, got {type(speedups).__name__}")
+        if self._stream is not None:
+            raise ValueError("set_speedups() inside streaming(): leave the streaming context first")
+        self._speedups = speedups
+        apply_speedups(self, speedups)
 
     @property
     def is_streaming(self) -> bool:
