@@ -177,30 +177,38 @@ class MimiModel(nn.Module):
         return self.encoder.model[0].weight
 
     # ------------------------------------------------------------------ streaming
-    def init_state(self, batch_size: int) -> MimiState:
-        """A fresh streaming state for `batch_size` streams (what `streaming()` uses)."""
+    def init_state(self, batch_size: int, ring_cache: bool = False) -> MimiState:
+        """A fresh streaming state for `batch_size` streams (what `streaming()` uses).
+
+        Args:
+            batch_size: number of parallel streams B.
+            ring_cache: reproduce the reference's streaming attention cache (see `streaming`).
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected a positive int")
         enc = EncoderState(self.encoder.init_state(batch_size),
-                           self.encoder_transformer.init_state(batch_size),
+                           self.encoder_transformer.init_state(batch_size, ring_cache),
                            self.downsample.init_state(batch_size))
         dec = DecoderState(self.upsample.init_state(batch_size),
-                           self.decoder_transformer.init_state(batch_size),
+                           self.decoder_transformer.init_state(batch_size, ring_cache),
                            self.decoder.init_state(batch_size))
         return MimiState(batch_size, enc, dec)
 
     @contextlib.contextmanager
-    def streaming(self, batch_size: int = 1) -> Iterator[MimiState]:
+    def streaming(self, batch_size: int = 1, ring_cache: bool = False) -> Iterator[MimiState]:
         """Stream: inside, `encode` takes whole frames and `decode` any frames, state kept.
 
         Args:
             batch_size: number of parallel streams B; every call must use this B.
+            ring_cache: False (default): the output equals the whole-input path at any length.
+                True: reproduce kyutai's streaming exactly, whose 250-entry ring cache makes
+                its output drift from its own whole-input output after 250 steps (10 s).
         Yields:
             the MimiState (call `.reset()` on it to start new streams).
         """
         if self._stream is not None:
             raise ValueError("already streaming: streaming() contexts cannot be nested")
-        self._stream = self.init_state(batch_size)
+        self._stream = self.init_state(batch_size, ring_cache)
         try:
             yield self._stream
         finally:

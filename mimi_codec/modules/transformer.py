@@ -52,10 +52,15 @@ class AttentionState:
     Attributes:
         keys: [B, H, L, D] rotated keys of the last L <= context - 1 steps.
         values: [B, H, L, D] their values.
+        ring: emulate the reference's streaming cache, a ring of exactly `context` entries:
+            when a call brings several steps, its first steps then see fewer than `context`
+            keys (the reference's streaming output past `context` steps). False: every query
+            sees `context` steps, as in the whole-input path.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
+    ring: bool = False
 
     def reset(self) -> None:
         """Back to the start of a stream (drops the kept steps)."""
@@ -88,12 +93,12 @@ class SelfAttention(nn.Module):
         self.in_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def init_state(self, batch_size: int) -> AttentionState:
-        """A fresh state for `batch_size` streams."""
+    def init_state(self, batch_size: int, ring: bool = False) -> AttentionState:
+        """A fresh state for `batch_size` streams (`ring`: see AttentionState)."""
         w = self.in_proj.weight
         d = w.shape[1] // self.num_heads
         empty = torch.zeros(batch_size, self.num_heads, 0, d, device=w.device, dtype=w.dtype)
-        return AttentionState(empty, empty.clone())
+        return AttentionState(empty, empty.clone(), ring)
 
     def forward(self, x: torch.Tensor, offset: int, state: AttentionState) -> torch.Tensor:
         """Args:
@@ -109,6 +114,10 @@ class SelfAttention(nn.Module):
         past = state.keys.shape[2]
         keys = torch.cat([state.keys, k], dim=2) if past else k
         values = torch.cat([state.values, v], dim=2) if past else v
+        ring = state.ring and self.context is not None
+        if ring and keys.shape[2] > self.context:
+            keys, values = keys[:, :, -self.context:], values[:, :, -self.context:]
+            past = self.context - T
         pos_q = torch.arange(offset, offset + T, device=x.device).view(T, 1)
         pos_k = torch.arange(offset - past, offset + T, device=x.device).view(1, past + T)
         delta = pos_q - pos_k
@@ -116,7 +125,10 @@ class SelfAttention(nn.Module):
         if self.context is not None:
             mask = mask & (delta < self.context)
         out = F.scaled_dot_product_attention(q, keys, values, mask)
-        keep = keys.shape[2] if self.context is None else min(keys.shape[2], self.context - 1)
+        if self.context is None:
+            keep = keys.shape[2]
+        else:
+            keep = min(keys.shape[2], self.context if ring else self.context - 1)
         state.keys = keys[:, :, keys.shape[2] - keep:]
         state.values = values[:, :, values.shape[2] - keep:]
         return self.out_proj(out.transpose(1, 2).reshape(B, T, C))
@@ -168,9 +180,9 @@ class Transformer(nn.Module):
         self.output_proj: nn.Linear | None = (
             None if out_dim == cfg.d_model else nn.Linear(cfg.d_model, out_dim, bias=False))
 
-    def init_state(self, batch_size: int) -> TransformerState:
-        """A fresh state for `batch_size` streams."""
-        return TransformerState(0, [layer.self_attn.init_state(batch_size) for layer in self.layers])
+    def init_state(self, batch_size: int, ring: bool = False) -> TransformerState:
+        """A fresh state for `batch_size` streams (`ring`: see AttentionState)."""
+        return TransformerState(0, [layer.self_attn.init_state(batch_size, ring) for layer in self.layers])
 
     def forward(self, x: torch.Tensor, state: TransformerState) -> torch.Tensor:
         """Args:

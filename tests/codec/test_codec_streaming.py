@@ -129,3 +129,28 @@ def test_conv_streaming_equals_whole(kernel: int, stride: int, dilation: int, mo
     padded = torch.nn.functional.pad(x, (conv.context, 0), mode="replicate" if mode == "replicate" else "constant")
     ref = torch.nn.functional.conv1d(padded, conv.weight, conv.bias, stride, 0, dilation)
     torch.testing.assert_close(y, ref, atol=1e-6, rtol=0)
+
+
+def test_ring_cache_reproduces_reference_streaming_past_context(tiny: MimiModel, vectors, fixtures_dir) -> None:
+    ref = load_file(str(fixtures_dir.parent / "codec" / "data" / "ref_stream_long.safetensors"))
+    w = vectors["wav"]
+    wav = torch.cat([w, w.flip(-1), 0.5 * w], -1)
+    ref_codes = ref["stream_codes_q32"].long()
+
+    def stream(ring: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with tiny.streaming(1, ring_cache=ring):
+            codes = torch.cat([tiny.encode(wav[..., i: i + 1920], 32) for i in range(0, 288000, 1920)], -1)
+        with tiny.streaming(1, ring_cache=ring):
+            audio = torch.cat([tiny.decode(ref_codes[:, :8, f: f + 1]) for f in range(150)], -1)
+        return codes, audio
+
+    codes, audio = stream(ring=True)  # kyutai's streaming, exactly
+    assert torch.equal(codes, ref_codes)
+    err = (audio - ref["stream_decoded_q8"]).abs().max().item()
+    assert err <= 1e-4, err  # measured 4.5e-7
+
+    codes, audio = stream(ring=False)  # default: equal to the whole-input path at any length
+    assert torch.equal(codes, tiny.encode(wav, 32))
+    torch.testing.assert_close(audio, tiny.decode(ref_codes[:, :8]), atol=1e-5, rtol=0)
+    # the two differ only after the 250-step context (125 frames)
+    assert torch.equal(codes[..., :125], ref_codes[..., :125]) and not torch.equal(codes, ref_codes)
