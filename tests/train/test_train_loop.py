@@ -136,3 +136,25 @@ def test_bad_configs_are_named(tones: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         Trainer(TrainConfig.from_dict(tiny_train_config()), [tmp_path / "nope"], tmp_path)
     assert TINY_MODEL["quantizer"]["bins"] == 32
+
+
+def test_named_model_registry(tones: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mimi_codec import named_models
+
+    cfg = TrainConfig.from_dict(tiny_train_config(steps=2))
+    Trainer(cfg, [tones], tmp_path / "run").run()
+    shipped = tmp_path / "models_data" / "tiny"
+    shipped.mkdir(parents=True)
+    (shipped / "model.safetensors").write_bytes((tmp_path / "run" / MODEL_NAME).read_bytes())
+    (shipped / "config.json").write_text((tmp_path / "run" / CONFIG_NAME).read_text())
+    (tmp_path / "models_data" / "incomplete").mkdir()  # no weights: not a model
+    monkeypatch.setattr(named_models, "DATA_DIR", tmp_path / "models_data")
+    assert sorted(named_models.named_models()) == ["tiny"]
+    nm = named_models.named_model("tiny")
+    assert nm.model_id == "mimi-codec:tiny"
+    assert named_models.model_for_id("mimi-codec:tiny") == nm
+    assert named_models.model_for_id("kyutai/other") is None
+    model = load_mimi(nm.weights, nm.config, num_codebooks=4)
+    assert model.config.quantizer.bins == 32
+    with pytest.raises(ValueError, match=r"model 'big': no such model in this package; shipped models: \['tiny'\]"):
+        named_models.named_model("big")
