@@ -158,7 +158,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        """Read a training config JSON file."""
+        """Read a training config JSON file; relative `model` (.json) and `init_weights`
+        (.safetensors) paths in it are taken relative to the file's folder."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"training config {str(path)!r} does not exist")
@@ -166,6 +167,11 @@ class TrainConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"training config {path}: invalid JSON ({exc})") from exc
+        if isinstance(data, dict):  # relative paths in the file are relative to the file
+            for key in ("model", "init_weights"):
+                val = data.get(key)
+                if isinstance(val, str) and val.endswith((".json", ".safetensors")) and not Path(val).is_absolute():
+                    data[key] = str(path.parent / val)
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -158,3 +158,15 @@ def test_named_model_registry(tones: Path, tmp_path: Path, monkeypatch: pytest.M
     assert model.config.quantizer.bins == 32
     with pytest.raises(ValueError, match=r"model 'big': no such model in this package; shipped models: \['tiny'\]"):
         named_models.named_model("big")
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "arch.json").write_text(json.dumps(TINY_MODEL))
+    (tmp_path / "cfgs" / "train.json").write_text(json.dumps({"model": "arch.json", "init_weights": "w.safetensors"}))
+    cfg = TrainConfig.load(tmp_path / "cfgs" / "train.json")
+    assert cfg.model == str(tmp_path / "cfgs" / "arch.json")
+    assert cfg.init_weights == str(tmp_path / "cfgs" / "w.safetensors")
+    assert TrainConfig.from_dict({"model": "mimi"}).model == "mimi"
