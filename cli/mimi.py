@@ -11,6 +11,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "decode": "mimi_moshi_cli.mimi_decode:decode",
     "roundtrip": "mimi_moshi_cli.mimi_decode:roundtrip",
     "info": "mimi_moshi_cli.mimi_info:info",
+    "bench": "mimi_moshi_cli.bench:bench",
     "train": "mimi_moshi_cli.train:train",
     "eval": "mimi_moshi_cli.train:evaluate",
 }

@@ -1,0 +1,169 @@
+"""The speedups change how Mimi computes, never what: codes equal the plain path's exactly,
+audio within 1e-4, for every switch alone, on the tiny fixture and on a few frames of the
+full-size architecture; plus each fast kernel against the op it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+from mimi_codec import load_mimi
+from mimi_codec.models.speedups import Speedups
+from mimi_codec.modules.conv import CausalConv1d, CausalConvTranspose1d
+from mimi_codec.quantization.codebook import Codebook
+
+VARIANTS = [("all", Speedups.all())] + [(f"without-{n}", Speedups.all().without(n)) for n in Speedups.names()]
+VARIANTS += [(f"only-{n}", Speedups(**{k: k == n for k in Speedups.names()}))
+             for n in Speedups.names()]
+
+
+@pytest.fixture(scope="module")
+def vectors(fixtures_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(fixtures_dir / "mimi_tiny_vectors.safetensors"))
+
+
+def _load_tiny(fixtures_dir, speedups):
+    model = load_mimi(fixtures_dir / "mimi_tiny.safetensors", fixtures_dir / "mimi_tiny.json")
+    model.set_speedups(speedups)
+    return model
+
+
+def _stream(model, wav: torch.Tensor, codes_in: torch.Tensor, step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    F_ = codes_in.shape[-1]
+    with model.streaming(1):
+        codes = torch.cat([model.encode(wav[..., i * 1920:(i + step) * 1920], num_codebooks=32)
+                           for i in range(0, F_, step)], -1)
+        audio = torch.cat([model.decode(codes_in[..., i:i + step]) for i in range(0, F_, step)], -1)
+    return codes, audio
+
+
+@pytest.fixture(scope="module")
+def plain_tiny(fixtures_dir, vectors):
+    model = _load_tiny(fixtures_dir, None)
+    wav = vectors["wav"]
+    codes = model.encode(wav, num_codebooks=32)
+    return {"codes": codes, "audio": model.decode(codes), "stream": _stream(model, wav, codes),
+            "stream3": _stream(model, wav, codes, 3)}
+
+
+@pytest.mark.parametrize("name,speedups", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_tiny_equals_plain_path(fixtures_dir, vectors, plain_tiny, name, speedups) -> None:
+    model = _load_tiny(fixtures_dir, speedups)
+    wav = vectors["wav"]
+    codes = model.encode(wav, num_codebooks=32)
+    assert torch.equal(codes, plain_tiny["codes"])
+    assert torch.equal(codes[:, :8], vectors["codes_q8"].long())
+    assert (model.decode(codes) - plain_tiny["audio"]).abs().max().item() <= 1e-4
+    for key, step in (("stream", 1), ("stream3", 3)):
+        s_codes, s_audio = _stream(model, wav, plain_tiny["codes"], step)
+        assert torch.equal(s_codes, plain_tiny[key][0])
+        assert (s_audio - plain_tiny[key][1]).abs().max().item() <= 1e-4
+
+
+def test_full_size_frames_equal_plain_path() -> None:
+    from mimi_moshi_cli.bench import random_mimi, synthetic_speech
+
+    import copy
+
+    fast = random_mimi(0)
+    plain = copy.deepcopy(fast)
+    plain.set_speedups(None)
+    wav = torch.from_numpy(synthetic_speech(0.48, seed=5))[None, None]  # 6 frames
+    out = {}
+    for name, model in (("fast", fast), ("plain", plain)):
+        with torch.inference_mode(), model.streaming(1):
+            codes = torch.cat([model.encode(wav[..., i:i + 1920]) for i in range(0, wav.shape[-1], 1920)], -1)
+            audio = torch.cat([model.decode(codes[..., f:f + 1]) for f in range(codes.shape[-1])], -1)
+        out[name] = codes, audio
+    assert torch.equal(out["fast"][0], out["plain"][0])
+    assert len(out["plain"][0].unique()) > 20  # the calibrated codebooks give varied codes
+    assert (out["fast"][1] - out["plain"][1]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,dil,steps", [
+    (16, 24, 3, 1, 1, 5), (16, 24, 3, 1, 2, 7), (8, 32, 12, 6, 1, 4), (32, 16, 16, 8, 1, 2),
+    (12, 12, 1, 1, 1, 9), (8, 8, 4, 2, 1, 70)])
+def test_matmul_conv_equals_conv1d(cin, cout, k, stride, dil, steps) -> None:
+    torch.manual_seed(0)
+    conv = CausalConv1d(cin, cout, k, stride=stride, dilation=dil)
+    x = torch.randn(2, cin, steps * stride)
+    conv.matmul_small = False
+    ref = conv(x)
+    conv.matmul_small = True
+    torch.testing.assert_close(conv(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cin,cout,stride,steps", [(16, 8, 4, 3), (32, 16, 8, 2), (8, 4, 5, 1), (8, 8, 2, 66)])
+def test_matmul_convtr_equals_conv_transpose(cin, cout, stride, steps) -> None:
+    torch.manual_seed(0)
+    conv = CausalConvTranspose1d(cin, cout, 2 * stride, stride=stride)
+    x = torch.randn(2, cin, steps)
+    fast_state, ref_state = conv.init_state(2), conv.init_state(2)
+    conv.matmul_small = False
+    ref = [conv(x, ref_state), conv(x.flip(-1), ref_state)]
+    conv.matmul_small = True
+    got = [conv(x, fast_state), conv(x.flip(-1), fast_state)]
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_state.partial, ref_state.partial, atol=1e-5, rtol=1e-5)
+    full = F.conv_transpose1d(x, conv.weight, conv.bias, stride)
+    torch.testing.assert_close(got[0], full[..., : steps * stride], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()  # the cached operand is an inference-only path
+def test_cached_distances_give_cdist_codes() -> None:
+    g = torch.Generator().manual_seed(0)
+    cb = Codebook(16, 512)
+    cb.embedding_sum.copy_(torch.randn(512, 16, generator=g))
+    cb.cluster_usage.copy_(0.5 + torch.rand(512, generator=g))
+    for n in (1, 2, 25, 300):
+        x = torch.randn(n, 16, generator=g)
+        cb.cache_distances = False
+        ref = cb.encode(x)
+        cb.cache_distances = True
+        assert torch.equal(cb.encode(x), ref)
+        assert torch.equal(ref, torch.cdist(x, cb.embedding).argmin(-1))
+    cb.embedding_sum.mul_(2)  # an in-place edit must rebuild the cached operand
+    x = torch.randn(40, 16, generator=g)
+    assert torch.equal(cb.encode(x), torch.cdist(x, cb.embedding).argmin(-1))
+
+
+def test_switches_and_errors(fixtures_dir) -> None:
+    model = _load_tiny(fixtures_dir, Speedups())
+    assert model.speedups == Speedups.all()
+    lin = model.encoder_transformer.layers[0].linear1.weight
+    assert lin.stride() == (1, lin.shape[0])  # input-major after loading
+    with pytest.raises(ValueError, match="streaming"):
+        with model.streaming(1):
+            model.set_speedups(None)
+    model.set_speedups(None)
+    assert model.speedups == Speedups.none()
+    assert model.encoder_transformer.layers[0].linear1.weight.is_contiguous()
+    with pytest.raises(ValueError, match="expected one of"):
+        Speedups().without("turbo")
+    with pytest.raises(ValueError, match="Speedups or None"):
+        model.set_speedups("all")  # type: ignore[arg-type]
+
+
+def test_mimi_bench_cli_on_tiny_model(fixtures_dir) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mimi_moshi_cli.mimi import main
+
+    args = ["bench", "--weights", str(fixtures_dir / "mimi_tiny.safetensors"),
+            "--config", str(fixtures_dir / "mimi_tiny.json"), "--seconds", "0.4", "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["frames"] == 5
+    assert 0 < out["encode_p50_ms"] <= out["encode_p99_ms"]
+    frame_ms = out["encode_p50_ms"] + out["decode_p50_ms"]
+    assert out["rtf"] > 0 and out["total_p50_ms"] <= frame_ms * 1.5 + 1
+    res = CliRunner().invoke(main, args[:-1] + ["--no-speedups"])
+    assert res.exit_code == 0 and "speedups off" in res.output and "real-time factor" in res.output
+    res = CliRunner().invoke(main, ["bench", "--seconds", "0.01"])
+    assert res.exit_code == 2 and "0.08" in res.output
