@@ -83,6 +83,7 @@ class LossConfig:
     """Loss weights (relative shares of the gradient when the balancer is on)."""
 
     mel: float = 1.0  # multi-scale mel-spectrogram L1
+    mel_linear: float = 1.0  # weight of the mel-power L1 next to the log-mel L1 inside the mel loss
     waveform: float = 0.1  # waveform L1
     adversarial: float = 3.0  # generator hinge loss against the MS-STFT discriminator
     feature: float = 3.0  # discriminator feature matching

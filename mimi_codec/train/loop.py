@@ -90,7 +90,7 @@ class Trainer:
             data, cfg.data, cfg.seed, frame_size=self.model.frame_size)
         self.net = MimiTrainer(self.model, cfg.quantizer)
         lc = cfg.loss
-        self.mel_loss = MultiScaleMelLoss(lc.mel_ffts, self.model.sample_rate).to(self.device)
+        self.mel_loss = MultiScaleMelLoss(lc.mel_ffts, self.model.sample_rate, lc.mel_linear).to(self.device)
         self.use_disc = lc.adversarial > 0 or lc.feature > 0
         self.disc = MultiScaleSTFTDiscriminator(lc.disc_ffts, lc.disc_filters).to(self.device) if self.use_disc else None
         self.teacher = teacher if lc.semantic > 0 else None

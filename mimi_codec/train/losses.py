@@ -60,15 +60,17 @@ class MelSpectrogram(nn.Module):
 
 
 class MultiScaleMelLoss(nn.Module):
-    """Sum over scales of L1(mel) + L1(log mel), averaged over scales.
+    """Sum over scales of linear_weight * L1(mel) + L1(log mel), averaged over scales.
 
     Args:
         ffts: FFT sizes; each uses min(80, n_fft // 8) mel bands, at least 8.
         sample_rate: Hz.
+        linear_weight: weight of the L1 of the mel power (0: log-mel only).
     """
 
-    def __init__(self, ffts: tuple[int, ...], sample_rate: int) -> None:
+    def __init__(self, ffts: tuple[int, ...], sample_rate: int, linear_weight: float = 1.0) -> None:
         super().__init__()
+        self.linear_weight = linear_weight
         self.scales = nn.ModuleList([MelSpectrogram(n, max(8, min(80, n // 8)), sample_rate) for n in ffts])
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,9 @@ class MultiScaleMelLoss(nn.Module):
         total = fake.new_zeros(())
         for mel in self.scales:
             a, b = mel(fake), mel(real)
-            total = total + F.l1_loss(a, b) + F.l1_loss(torch.log(a + 1e-5), torch.log(b + 1e-5))
+            total = total + F.l1_loss(torch.log(a + 1e-5), torch.log(b + 1e-5))
+            if self.linear_weight:
+                total = total + self.linear_weight * F.l1_loss(a, b)
         return total / len(self.scales)
 
 
