@@ -170,3 +170,30 @@ def test_config_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert cfg.model == str(tmp_path / "cfgs" / "arch.json")
     assert cfg.init_weights == str(tmp_path / "cfgs" / "w.safetensors")
     assert TrainConfig.from_dict({"model": "mimi"}).model == "mimi"
+
+
+def test_export_for_shipping_half_precision(tones: Path, tmp_path: Path) -> None:
+    from mimi_codec.train.export import export_for_shipping
+
+    cfg = TrainConfig.from_dict(tiny_train_config(steps=4))
+    Trainer(cfg, [tones], tmp_path / "run").run()
+    src = load_mimi(tmp_path / "run" / MODEL_NAME, tmp_path / "run" / CONFIG_NAME, num_codebooks=4)
+    path = export_for_shipping(tmp_path / "run" / MODEL_NAME, tmp_path / "run" / CONFIG_NAME, tmp_path / "ship")
+    tensors = read_safetensors(path)
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert path.stat().st_size < 0.55 * (tmp_path / "run" / MODEL_NAME).stat().st_size
+    shipped = load_mimi(path, tmp_path / "ship" / CONFIG_NAME, num_codebooks=4)
+    assert shipped.encoder.model[0].weight.dtype == torch.float32
+    for a, b in zip(src.quantizer.acoustic.codebooks, shipped.quantizer.acoustic.codebooks):
+        # centroids survive as exactly as half precision allows (usage normalised to 1)
+        torch.testing.assert_close(b.embedding, a.embedding.half().float(), atol=0, rtol=0)
+        assert torch.equal(b.cluster_usage, torch.ones_like(b.cluster_usage))
+    codes = src.encode(tones_wav(tones))
+    ref, half = src.decode(codes), shipped.decode(codes)
+    assert float((ref - half).abs().max()) < 1e-2 * float(ref.abs().max())
+
+
+def tones_wav(folder: Path) -> torch.Tensor:
+    from mimi_codec.audio import load_audio
+
+    return torch.from_numpy(load_audio(folder / "tone0.wav").wav).view(1, 1, -1)
