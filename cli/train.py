@@ -24,11 +24,15 @@ from mimi_moshi_cli._app import fail
               help="Fine-tune: start from these weights (overrides init_weights in the config).")
 @click.option("--steps", type=int, default=None, help="Stop after this many steps of this call (resumable).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch in this run (1 is fastest on a busy machine).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def train(config_path: str, data: tuple[str, ...], out: str, resume: bool, init_weights: str | None,
-          steps: int | None, device: str, quiet: bool) -> None:
+          steps: int | None, device: str, threads: int | None, quiet: bool) -> None:
     """Train or fine-tune a Mimi codec; the result is DIR/model.safetensors in the official layout."""
     import dataclasses
+
+    import torch
 
     from mimi_codec.train import TrainConfig, Trainer
     from mimi_codec.train.loop import CHECKPOINT_NAME
@@ -43,6 +47,10 @@ def train(config_path: str, data: tuple[str, ...], out: str, resume: bool, init_
         fail(f"--resume: {ckpt} does not exist")
     if steps is not None and steps < 1:
         fail(f"--steps {steps}: expected a positive number")
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads {threads}: expected a positive number")
+        torch.set_num_threads(threads)
     trainer = Trainer(cfg, list(data), out, device=device)
     if resume:
         trainer.load_state(ckpt)

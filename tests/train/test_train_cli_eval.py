@@ -69,7 +69,8 @@ def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps(tiny_train_config(steps=6, checkpoint_every=3)))
     out = tmp_path / "run"
-    r = _mimi("train", "--config", str(cfg), "--data", str(data), "--out", str(out), "--steps", "3", "--quiet")
+    r = _mimi("train", "--config", str(cfg), "--data", str(data), "--out", str(out), "--steps", "3", "--quiet",
+              "--threads", "1")
     assert r.returncode == 0, r.stderr
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [3]
