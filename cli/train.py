@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from mimi_moshi_cli._app import fail
 
@@ -107,18 +108,34 @@ def _load_eval_model(model: str | None, weights: str | None, config: str | None,
               help="Codebooks to encode with.")
 @click.option("--baselines", is_flag=True, help="Also score Codec2 1200 bit/s and Opus 6 kbit/s.")
 @click.option("--no-visqol", is_flag=True, help="Skip ViSQOL (the slowest metric).")
+@click.option("--transcripts", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="id|text lines (LJSpeech metadata.csv) or id<TAB>text: adds WER (PocketSphinx) of the "
+                   "original and of each codec's output.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Write every score to this JSON file.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device.")
 def evaluate(data: tuple[str, ...], model: str | None, weights: str | None, config: str | None,
-             num_codebooks: int, baselines: bool, no_visqol: bool, json_out: str | None, device: str) -> None:
+             num_codebooks: int, baselines: bool, no_visqol: bool, transcripts: str | None, json_out: str | None,
+             device: str) -> None:
     """Score a codec on recordings: PESQ (wideband), STOI, ViSQOL (speech), mel distance, bitrate."""
     from rich.console import Console
     from rich.table import Table
 
     from mimi_codec.audio import load_audio
     from mimi_codec.train.data import find_audio
-    from mimi_codec.train.evaluate import codec2_roundtrip, mimi_roundtrip, opus_roundtrip, quality
+    from mimi_codec.train.evaluate import (
+        codec2_roundtrip,
+        mimi_roundtrip,
+        opus_roundtrip,
+        quality,
+        read_transcripts,
+        transcribe,
+        word_error_rate,
+    )
+
+    texts = read_transcripts(transcripts) if transcripts is not None else {}
+    if texts and transcribe(np.zeros(1600, dtype=np.float32)) is None:
+        fail("--transcripts needs the pocketsphinx package (pip install pocketsphinx)")
 
     codec, name = _load_eval_model(model, weights, config, device, num_codebooks)
     bits = math.log2(codec.cardinality)
@@ -130,25 +147,33 @@ def evaluate(data: tuple[str, ...], model: str | None, weights: str | None, conf
     rows: list[dict[str, Any]] = []
     for path in find_audio(list(data)):
         ref = load_audio(path).wav
+        text = texts.get(path.stem)
+        if text is not None:
+            rows.append({"file": str(path), "system": "original", "bitrate": None, "pesq": None, "stoi": None,
+                         "visqol": None, "mel_distance": None, "wer": word_error_rate(text, transcribe(ref) or "")})
         for sysname, (fn, bitrate) in systems.items():
-            q = quality(ref, fn(ref), visqol=not no_visqol)
-            rows.append({"file": str(path), "system": sysname, "bitrate": bitrate, **q.__dict__})
+            out = fn(ref)
+            q = quality(ref, out, visqol=not no_visqol)
+            wer = word_error_rate(text, transcribe(out) or "") if text is not None else None
+            rows.append({"file": str(path), "system": sysname, "bitrate": bitrate, **q.__dict__, "wer": wer})
     table = Table(title="codec quality (mean over files)")
-    for col in ("system", "bit/s", "PESQ-wb", "STOI", "ViSQOL", "mel dist", "files"):
+    for col in ("system", "bit/s", "PESQ-wb", "STOI", "ViSQOL", "mel dist", "WER", "files"):
         table.add_column(col, justify="right" if col != "system" else "left")
     summary = {}
-    for sysname, (_, bitrate) in systems.items():
+    names = (["original"] if texts else []) + list(systems)
+    for sysname in names:
+        bitrate = systems[sysname][1] if sysname in systems else None
         mine = [r for r in rows if r["system"] == sysname]
 
         def mean(key: str) -> float | None:
             vals = [r[key] for r in mine if r[key] is not None]
             return sum(vals) / len(vals) if vals else None
 
-        s = {k: mean(k) for k in ("pesq", "stoi", "visqol", "mel_distance")}
+        keys = ("pesq", "stoi", "visqol", "mel_distance", "wer")
+        s = {k: mean(k) for k in keys}
         summary[sysname] = {"bitrate": bitrate, **s, "files": len(mine)}
-        table.add_row(sysname, f"{bitrate:.0f}", *(("-" if s[k] is None else f"{s[k]:.3f}")
-                                                   for k in ("pesq", "stoi", "visqol", "mel_distance")),
-                      str(len(mine)))
+        table.add_row(sysname, "-" if bitrate is None else f"{bitrate:.0f}",
+                      *(("-" if s[k] is None else f"{s[k]:.3f}") for k in keys), str(len(mine)))
     Console().print(table)
     if json_out is not None:
         Path(json_out).write_text(json.dumps({"summary": summary, "files": rows}, indent=1) + "\n", encoding="utf-8")

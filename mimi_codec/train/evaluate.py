@@ -177,3 +177,67 @@ def mimi_roundtrip(model: torch.nn.Module, wav: np.ndarray, num_codebooks: int |
     x = torch.from_numpy(np.asarray(wav, dtype=np.float32)).view(1, 1, -1)
     codes = model.encode(x, num_codebooks)
     return model.decode(codes)[0, 0, : x.shape[-1]].cpu().numpy()
+
+
+def read_transcripts(path: str | Path) -> dict[str, str]:
+    """Transcripts by file stem, from `id|text[|normalized text]` lines (LJSpeech's
+    metadata.csv; the last field is used) or `id<TAB>text` lines.
+
+    Raises:
+        ValueError: a line has no separator.
+    """
+    out = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        sep = "|" if "|" in line else "\t"
+        parts = line.split(sep)
+        if len(parts) < 2:
+            raise ValueError(f"transcripts {path}, line {n}: expected 'id|text' or 'id<TAB>text'")
+        out[Path(parts[0].strip()).stem] = parts[-1].strip()
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() or c == "'" else " " for c in text).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word error rate: (substitutions + deletions + insertions) / reference words, after
+    lower-casing and removing punctuation.
+
+    Raises:
+        ValueError: the reference has no words.
+    """
+    ref, hyp = _words(reference), _words(hypothesis)
+    if not ref:
+        raise ValueError("word_error_rate: the reference transcript has no words")
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)
+
+
+def transcribe(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | None:
+    """Offline speech recognition with PocketSphinx's bundled US-English model
+    (None when the `pocketsphinx` package is not installed).
+
+    Args:
+        wav: [T] float audio.
+        sample_rate: its rate.
+    """
+    try:
+        from pocketsphinx import Decoder
+    except ImportError:
+        return None
+    x16 = resample(np.asarray(wav, dtype=np.float32), sample_rate, METRIC_RATE)
+    pcm = (np.clip(x16, -1, 1) * 32767).astype("<i2").tobytes()
+    decoder = Decoder(samprate=METRIC_RATE, loglevel="FATAL")
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    return hyp.hypstr if hyp is not None else ""

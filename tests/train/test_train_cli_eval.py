@@ -99,3 +99,34 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown keys ['momentum']" in r.stderr and "Traceback" not in r.stderr
     r = _mimi("eval", "--data", str(tmp_path), "--model", "no-such-model")
     assert r.returncode == 2 and "no-such-model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_word_error_rate_and_transcripts(tmp_path: Path) -> None:
+    from mimi_codec.train.evaluate import read_transcripts, word_error_rate
+
+    assert word_error_rate("In being comparatively modern.", "in being comparatively modern") == 0.0
+    assert word_error_rate("a b c d", "a x c") == 0.5  # one substitution, one deletion
+    assert word_error_rate("a b", "a b c d") == 1.0  # two insertions
+    with pytest.raises(ValueError, match="no words"):
+        word_error_rate("...", "a")
+    f = tmp_path / "t.txt"
+    f.write_text("LJ001-0002|in being comparatively modern.|in being comparatively modern.\nclip.wav\tHello there\n")
+    assert read_transcripts(f) == {"LJ001-0002": "in being comparatively modern.", "clip": "Hello there"}
+
+
+def test_cli_eval_reports_wer(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pocketsphinx")
+    from mimi_codec.train import TrainConfig, Trainer
+
+    run = tmp_path / "run"
+    Trainer(TrainConfig.from_dict(tiny_train_config(steps=1)), [write_tone_data(tmp_path / "d")], run).run()
+    clip = data_dir / "ljspeech" / "LJ001-0002.flac"
+    report = tmp_path / "s.json"
+    r = _mimi("eval", "--data", str(clip), "--weights", str(run / "model.safetensors"), "--config",
+              str(run / "config.json"), "-q", "4", "--no-visqol", "--transcripts",
+              str(data_dir / "ljspeech" / "metadata.csv"), "--json", str(report))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(report.read_text())["summary"]
+    # the recogniser gets most of the original (3 of 4 words here), little from an untrained codec
+    assert summary["original"]["wer"] <= 0.5
+    assert summary["mimi:model.safetensors"]["wer"] >= 0.75
