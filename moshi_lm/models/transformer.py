@@ -57,6 +57,26 @@ class LayerScale(nn.Module):
         return self.scale * x
 
 
+def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Attention of one query position over n keys, from elementwise ops and plain reductions.
+
+    Equal to `F.scaled_dot_product_attention` without a mask up to float rounding. On CPU
+    that kernel, `bmm` and `torch.softmax` open a multi-threaded region even for a handful of
+    scores, which costs a scheduler time slice per call when the cores are busy; elementwise
+    ops and sums only go parallel above PyTorch's grain size (32768 elements).
+
+    Args:
+        q: [B, H, 1, D].
+        keys, values: [B, H, n, D].
+    Returns:
+        [B, H, D].
+    """
+    scores = (keys * q).sum(dim=-1) * (q.shape[-1] ** -0.5)
+    weights = (scores - scores.amax(dim=-1, keepdim=True)).exp_()
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return (values * weights[..., None]).sum(dim=-2)
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention with stacked per-step projections.
 
@@ -127,8 +147,7 @@ class Attention(nn.Module):
         n = min(position + 1, cache.capacity)
         keys = self._repeat_kv(cache.keys[:, :, :n])
         values = self._repeat_kv(cache.values[:, :, :n])
-        out = F.scaled_dot_product_attention(q, keys, values)
-        return self.out_proj(out.transpose(1, 2).reshape(B, self.dim), weight_id)
+        return self.out_proj(attend_one(q, keys, values).reshape(B, self.dim), weight_id)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 weight_ids: list[int] | None) -> torch.Tensor:

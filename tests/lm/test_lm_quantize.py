@@ -92,7 +92,7 @@ def test_q8_model_close_to_float(q8_path, fixtures_dir, vectors):
     err = (out.logits[m] - ref.logits[m]).abs().max().item()
     print(f"int8 vs float: greedy top-1 agreement audio {audio_agree:.1%}, text {text_agree:.1%}, "
           f"max logit error {err:.3f}")
-    assert audio_agree > 0.95 and text_agree > 0.95  # measured 98.2% and 100%
+    assert audio_agree > 0.95 and text_agree > 0.95  # measured 97.9% and 98.0%
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -107,17 +107,32 @@ def test_q8_generates(q8_path, fixtures_dir, vectors, dtype):
 
 
 _MEASURE = textwrap.dedent("""
-    import os, resource, sys, torch
+    import os, resource, sys, threading, torch
     import moshi_lm
-    def rss():
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    # warm-up: torch's lazily loaded code (about 75 MB) is not the checkpoint's cost
+
+    def anon():
+        # anonymous resident memory: where tensors live (file-backed library pages excluded,
+        # the kernel may drop and re-read those under memory pressure from other processes)
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
+
+    # warm-up: torch's lazily loaded code and first allocations are not the checkpoint's cost
     moshi_lm.LMModel(moshi_lm.LMConfig(), device="meta").to_empty(device="meta")
-    before = rss()
+    before, peak, done = anon(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], anon())
+            done.wait(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     lm = moshi_lm.load_lm(sys.argv[1], sys.argv[2])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(peak - before, sum(p.numel() * p.element_size() for p in lm.parameters()))
+    done.set()
+    sampler.join()
+    peak[0] = max(peak[0], anon())
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(peak[0] - before, sum(p.numel() * p.element_size() for p in lm.parameters()), maxrss)
 """)
 
 
@@ -146,8 +161,9 @@ def test_loading_peak_memory(midsize, tmp_path, quantized):
     size = path.stat().st_size
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(cfg)], capture_output=True,
                          text=True, check=True)
-    growth, model_bytes = map(int, out.stdout.split())
-    print(f"checkpoint {size / 2**20:.1f} MiB, model {model_bytes / 2**20:.1f} MiB, "
-          f"peak RSS growth while loading {growth / 2**20:.1f} MiB = {growth / size:.2f}x")
+    growth, model_bytes, maxrss = map(int, out.stdout.split())
+    print(f"checkpoint {size / 2**20:.1f} MiB, model {model_bytes / 2**20:.1f} MiB, peak anonymous "
+          f"memory growth while loading {growth / 2**20:.1f} MiB = {growth / size:.2f}x "
+          f"(process ru_maxrss {maxrss / 2**20:.0f} MiB)")
     assert model_bytes > 0.95 * size
     assert growth < 1.2 * size
