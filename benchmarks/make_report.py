@@ -1,7 +1,10 @@
 """Turn a `pytest benchmarks/ --benchmark-json=FILE` run into the tables and the plot of
 docs/performance.md.
 
-    python benchmarks/make_report.py FILE [--doc docs/performance.md] [--plot docs/performance_stream.png]
+    python benchmarks/make_report.py FILE [FILE...] [--doc docs/performance.md] [--plot docs/performance_stream.png]
+
+With several files (e.g. the streaming and the whole-file suites run one after the other),
+a later file's workload replaces an earlier one of the same name.
 
 The tables replace what lies between `<!-- bench:begin -->` and `<!-- bench:end -->` in
 the doc (the rest of it is written by hand); every number comes from the JSON, i.e. from
@@ -39,8 +42,13 @@ def stream_table(w: dict[str, Any]) -> list[str]:
             "total p50 vs ours | codes |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in w["impls"].items():
-        codes = "-" if name == "ours" else ("equal" if s.get("code_mismatch_frames", 0) == 0
-                                              else f"{int(s['code_mismatch_frames'])} frames differ")
+        bad, bad10 = int(s.get("code_mismatch_frames", 0)), int(s.get("code_mismatch_frames_first_10s", 0))
+        if name == "ours":
+            codes = "-"
+        elif bad == 0:
+            codes = f"equal, all {int(s['frames'])} frames"
+        else:
+            codes = f"{bad} of {int(s['frames'])} frames differ ({bad10} in the first 10 s)"
         rows.append(f"| {name} | {s['encode_p50_ms']:.1f} ms | {s['decode_p50_ms']:.1f} ms | "
                     f"{s['total_p50_ms']:.1f} ms | {s['total_p90_ms']:.1f} ms | {s['total_p99_ms']:.1f} ms | "
                     f"{s['p99_over_p50']:.2f} | {s['rtf']:.2f} | {_ratio(s['ratio_vs_ours'])} | {codes} |")
@@ -74,7 +82,7 @@ def whole_table(ws: list[dict[str, Any]]) -> list[str]:
 
 
 def memory_table(w: dict[str, Any]) -> list[str]:
-    rows = [f"**{w['workload']}** (fresh process each; ru_maxrss)", "",
+    rows = [f"**{w['workload']}** (fresh process each; peak RSS = VmHWM)", "",
             "| implementation | RSS after load | peak RSS | growth | peak vs ours |", "|---|---|---|---|---|"]
     for name, s in w["impls"].items():
         rows.append(f"| {name} | {s['rss_model_mb']:.0f} MB | {s['rss_peak_mb']:.0f} MB | "
@@ -123,19 +131,25 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_xticks(list(x), names, rotation=15)
     ax.set_ylabel("ms per 80 ms frame")
     ax.set_title("Mimi streaming, full size, batch 1, one frame per call (same run)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, max(p99) * 1.35)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json_file", type=Path)
+    ap.add_argument("json_files", type=Path, nargs="+")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "performance_stream.png")
     ap.add_argument("--threads", default="default", help="torch threads the run used (for the text)")
     args = ap.parse_args()
-    data = json.loads(args.json_file.read_text())
+    data = json.loads(args.json_files[0].read_text())
+    for extra in args.json_files[1:]:
+        more = json.loads(extra.read_text())
+        names = {b.get("extra_info", {}).get("workload") for b in more["benchmarks"]}
+        data["benchmarks"] = [b for b in data["benchmarks"]
+                              if b.get("extra_info", {}).get("workload") not in names] + more["benchmarks"]
     data["_threads"] = args.threads
     block = f"{BEGIN}\n{render(data)}\n{END}"
     doc = args.doc.read_text() if args.doc.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"

@@ -6,6 +6,7 @@ impl "ours" (used to measure our own peak memory in a fresh process the same way
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
   {"cmd": "load", "impl": "reference"|"rustymimi", "weights": PATH, "wav": NPY, "num_codebooks": 8}
   {"cmd": "stream_start"}                      fresh streaming state
+  {"cmd": "stream_stop"}                       leave streaming (whole-file calls need this)
   {"cmd": "stream_frame", "index": i}          encode frame i of the wav, decode its codes
       -> {"encode_s", "decode_s", "codes": [K ints], "audio": [first 8 samples]}
   {"cmd": "encode_file", "frames": F, "out": NPY?}   whole-file encode of the first F frames
@@ -15,7 +16,7 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
 Timings are taken inside this process with time.perf_counter around the call alone.
 
 `python peer_server.py --peak-memory IMPL WEIGHTS WAV FRAMES` instead encodes and decodes the
-first FRAMES frames in one go and prints {"rss_model_mb", "rss_peak_mb"} (ru_maxrss).
+first FRAMES frames in one go and prints {"rss_model_mb", "rss_peak_mb"} (VmHWM).
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ class Reference:
         self.ctx = None
 
     def stream_start(self) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(None, None, None)
+        self.stream_stop()
         self.ctx = self.model.streaming(1)
         self.ctx.__enter__()
+
+    def stream_stop(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(None, None, None)
+            self.ctx = None
 
     def stream_frame(self, x: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
         with self.torch.no_grad():
@@ -76,6 +81,9 @@ class Rusty:
         self.num_codebooks = num_codebooks
 
     def stream_start(self) -> None:
+        self.tok.reset()
+
+    def stream_stop(self) -> None:
         self.tok.reset()
 
     def stream_frame(self, x: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -116,6 +124,11 @@ IMPLS = {"reference": Reference, "rustymimi": Rusty, "ours": Ours}
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process so far (VmHWM; ru_maxrss would start from the parent's peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -143,6 +156,9 @@ def serve() -> None:
             rep: dict = {"ok": True}
         elif cmd == "stream_start":
             model.stream_start()
+            rep = {"ok": True}
+        elif cmd == "stream_stop":
+            model.stream_stop()
             rep = {"ok": True}
         elif cmd == "stream_frame":
             i = int(req["index"])

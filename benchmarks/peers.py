@@ -147,6 +147,9 @@ class Peer:
     def stream_start(self) -> None:
         self._call(cmd="stream_start")
 
+    def stream_stop(self) -> None:
+        self._call(cmd="stream_stop")
+
     def stream_frame(self, i: int) -> FrameResult:
         r = self._call(cmd="stream_frame", index=i)
         return FrameResult(r["encode_s"], r["decode_s"], np.asarray(r["codes"], dtype=np.int64),

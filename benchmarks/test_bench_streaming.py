@@ -63,8 +63,8 @@ def _lockstep(benchmark: Any, main: Ours, others: list[Any], frames: int) -> dic
         results[main.name].append(main.stream_frame(i))
 
     benchmark.pedantic(target, setup=setup, rounds=frames, iterations=1)
-    if hasattr(main, "stream_stop"):
-        main.stream_stop()
+    for impl in impls:  # leave streaming: later whole-file calls must start fresh
+        impl.stream_stop()
     return results
 
 

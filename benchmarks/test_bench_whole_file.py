@@ -5,7 +5,7 @@ Each round runs the other implementations once, then ours under pytest-benchmark
 timer; every implementation times its own call. Reported: median seconds per call and
 milliseconds of compute per 80 ms frame, with ratios to ours; the codes must equal the
 reference's. Linearity: the per-frame cost at 60 s over the one at 10 s (1.0 = linear).
-Peak memory: each implementation in a fresh process (ru_maxrss), model load included.
+Peak memory: each implementation in a fresh process (VmHWM), model load included.
 """
 
 from __future__ import annotations
