@@ -10,7 +10,6 @@ Run: pytest benchmarks/test_bench_lm.py --benchmark-only
 
 from __future__ import annotations
 
-import json
 import subprocess
 import textwrap
 import time
