@@ -2,8 +2,8 @@
 
 - tiny fixture config and a mid-size random config on CPU (fp32);
 - the full 7B config with random bf16 weights on CUDA when a GPU is present;
-- side by side with kyutai's reference `LMGen` on the tiny config, when its environment
-  (/work/refenv) exists: both are timed in the same run, the ratio is stored in extra_info.
+- side by side with kyutai's reference `LMGen` on the tiny config, when
+  MIMI_BENCH_REFERENCE_PYTHON names a Python with kyutai's `moshi`: both are timed in the same run, the ratio is stored in extra_info.
 
 Run: pytest benchmarks/test_bench_lm.py --benchmark-only
 """
