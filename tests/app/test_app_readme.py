@@ -25,3 +25,19 @@ def test_readme_codec_example_runs(fixtures_dir, data_dir, tmp_path, monkeypatch
     assert codes.shape[:2] == (1, 8) and out.shape[-1] == codes.shape[-1] * 1920
     assert pcm.shape == (1, 1, 1920)
     assert (tmp_path / "talk.mimi").stat().st_size > 0
+
+
+def test_readme_lm_example_runs(fixtures_dir):
+    code = next(b for b in _python_blocks() if "from moshi_lm import" in b)
+    assert "load_moshi()" in code
+    f = fixtures_dir
+    tiny = (f"load_moshi(lm_weights={str(f / 'moshi_tiny.safetensors')!r}, lm_config={str(f / 'moshi_tiny.json')!r}, "
+            f"mimi_weights={str(f / 'mimi_tiny.safetensors')!r}, mimi_config={str(f / 'mimi_tiny.json')!r}, "
+            f"tokenizer={str(f / 'tokenizer_tiny.model')!r})")
+    import torch
+
+    scope: dict = {"user_frames": [torch.randn(1, 1, 1920, generator=torch.Generator().manual_seed(i)) * 0.1
+                                   for i in range(3)]}
+    exec(compile(code.replace("load_moshi()", tiny), "README.md", "exec"), scope)  # noqa: S102
+    frame = scope["frame"]
+    assert frame.pcm.shape == (1, 1, 1920) and frame.tokens.shape == (1, 9, 1)  # the last of 3 steps
