@@ -94,7 +94,7 @@ def render(data: dict[str, Any]) -> str:
     ws = _workloads(data)
     mi = data.get("machine_info", {})
     cpu = mi.get("cpu", {}).get("brand_raw", "?")
-    lines = [f"Run of {data.get('datetime', '?')}: {cpu}, Python {mi.get('python_version', '?')}; "
+    lines = [f"Run(s) ending {data.get('datetime', '?')}: {cpu}, Python {mi.get('python_version', '?')}; "
              f"{data.get('_threads', 'default')} torch threads.", ""]
     for w in ws:
         if w["workload"].startswith(("stream", "speedups")):
@@ -147,6 +147,7 @@ def main() -> None:
     data = json.loads(args.json_files[0].read_text())
     for extra in args.json_files[1:]:
         more = json.loads(extra.read_text())
+        data["datetime"] = f"{data.get('datetime', '?')} and {more.get('datetime', '?')}"
         names = {b.get("extra_info", {}).get("workload") for b in more["benchmarks"]}
         data["benchmarks"] = [b for b in data["benchmarks"]
                               if b.get("extra_info", {}).get("workload") not in names] + more["benchmarks"]
