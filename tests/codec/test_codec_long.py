@@ -88,7 +88,9 @@ PEAK_SCRIPT = textwrap.dedent("""
     codes = model.encode(wav)
     audio = model.decode(codes)
     assert audio.shape[-1] >= wav.shape[-1]
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM is this process's own peak; ru_maxrss can carry the forking parent's peak over exec
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+    print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)
 
 
