@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from mimi_moshi_cli._app import fail
+from mimi_moshi_cli._options import model_file_options
 from mimi_moshi_cli._io import atomic_path
 
 if TYPE_CHECKING:
@@ -166,13 +167,7 @@ async def microphone_loop(client: ChatClient, err: Console) -> None:
 @click.option("--backend", type=click.Choice(["moshi", "echo", "remote"]), default=None,
               help="Run this backend in-process instead of connecting to --url.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of an in-process backend.")
-@click.option("--hf-repo", default=None, help="Hugging Face repo of the official model files.")
-@click.option("--mimi-weights", type=click.Path(exists=True, dir_okay=False), help="Local Mimi safetensors.")
-@click.option("--mimi-config", type=click.Path(exists=True, dir_okay=False), help="Local Mimi JSON config.")
-@click.option("--lm-weights", type=click.Path(exists=True, dir_okay=False), help="Local Moshi LM safetensors.")
-@click.option("--lm-config", type=click.Path(exists=True, dir_okay=False), help="Local Moshi LM JSON config.")
-@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False), help="Local SentencePiece model.")
-@click.option("--remote-url", default=None, help="For --backend remote: the server to relay to.")
+@model_file_options
 @click.option("-i", "--input", "input_path", type=click.Path(exists=True, dir_okay=False),
               help="Speak this recording instead of the microphone.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Save the reply audio here (wav).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mimi_moshi_cli._app import fail
+from mimi_moshi_cli._options import model_file_options
 
 
 @click.command()
@@ -13,13 +14,7 @@ from mimi_moshi_cli._app import fail
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8998, show_default=True, help="Port (0: any free one).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models, e.g. cuda.")
-@click.option("--hf-repo", default=None, help="Hugging Face repo of the official model files.")
-@click.option("--mimi-weights", type=click.Path(exists=True, dir_okay=False), help="Local Mimi safetensors.")
-@click.option("--mimi-config", type=click.Path(exists=True, dir_okay=False), help="Local Mimi JSON config.")
-@click.option("--lm-weights", type=click.Path(exists=True, dir_okay=False), help="Local Moshi LM safetensors.")
-@click.option("--lm-config", type=click.Path(exists=True, dir_okay=False), help="Local Moshi LM JSON config.")
-@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False), help="Local SentencePiece model.")
-@click.option("--remote-url", default=None, help="Server the remote backend relays to, e.g. ws://host:8998.")
+@model_file_options
 @click.option("--echo-delay", type=click.IntRange(0, 1000), default=12, show_default=True,
               help="Echo backend: delay in 80 ms frames.")
 @click.option("--ssl", "ssl_dir", type=click.Path(exists=True, file_okay=False),
