@@ -3,7 +3,7 @@
 `Ours` runs this project's MimiModel in-process (optionally with its speedups off);
 `Peer` drives kyutai's `moshi` ("reference") or `rustymimi` in a subprocess running
 `peer_server.py` with the peer's own Python, found through MIMI_BENCH_REFERENCE_PYTHON
-(e.g. /work/refenv/bin/python). Without that variable, or when the package is missing
+(e.g. the python of a separate venv that has them). Without that variable, or when the package is missing
 there, the peer is simply absent and the comparison runs without it.
 
 Every implementation times its own calls with time.perf_counter, so the pipe to a peer
