@@ -8,11 +8,6 @@ import torch
 from mimi_codec import MimiModel, load_mimi
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir) -> MimiModel:
-    return load_mimi(fixtures_dir / "mimi_tiny.safetensors", fixtures_dir / "mimi_tiny.json")
-
-
 @pytest.mark.parametrize("wav, match", [
     (torch.zeros(1, 1920), r"shape \(1, 1920\): expected \[B, 1, T\]"),
     (torch.zeros(1, 2, 1920), r"shape \(1, 2, 1920\)"),

@@ -14,12 +14,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from mimi_codec import MimiModel, load_mimi
-
-
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir) -> MimiModel:
-    return load_mimi(fixtures_dir / "mimi_tiny.safetensors", fixtures_dir / "mimi_tiny.json")
+from mimi_codec import MimiModel
 
 
 @pytest.fixture(scope="module")

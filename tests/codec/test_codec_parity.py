@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from mimi_codec import MimiModel, load_mimi
-
-
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir) -> MimiModel:
-    return load_mimi(fixtures_dir / "mimi_tiny.safetensors", fixtures_dir / "mimi_tiny.json")
-
-
-@pytest.fixture(scope="module")
-def vectors(fixtures_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(fixtures_dir / "mimi_tiny_vectors.safetensors"))
+from mimi_codec import MimiModel
 
 
 def test_properties(tiny: MimiModel) -> None:

@@ -8,18 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mimi_codec import MimiModel, load_mimi
+from mimi_codec import MimiModel
 from mimi_codec.modules.conv import CausalConv1d, CausalConvTranspose1d
-
-
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir) -> MimiModel:
-    return load_mimi(fixtures_dir / "mimi_tiny.safetensors", fixtures_dir / "mimi_tiny.json")
-
-
-@pytest.fixture(scope="module")
-def vectors(fixtures_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(fixtures_dir / "mimi_tiny_vectors.safetensors"))
 
 
 def _chunks(total: int, sizes: list[int], seed: int) -> list[tuple[int, int]]:

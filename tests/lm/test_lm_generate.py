@@ -8,20 +8,9 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from moshi_lm import LMConfig, LMGen, LMModel, load_lm
+from moshi_lm import LMConfig, LMGen, LMModel
 from moshi_lm.models.lm import random_init_
-
-
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir):
-    return load_lm(fixtures_dir / "moshi_tiny.safetensors", fixtures_dir / "moshi_tiny.json")
-
-
-@pytest.fixture(scope="module")
-def vectors(fixtures_dir):
-    return load_file(fixtures_dir / "moshi_tiny_vectors.safetensors")
 
 
 def run(gen: LMGen, user: torch.Tensor) -> torch.Tensor:

@@ -12,16 +12,6 @@ from moshi_lm import LMConfig, LMModel, load_lm
 from moshi_lm.loading import official_state_dict
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir):
-    return load_lm(fixtures_dir / "moshi_tiny.safetensors", fixtures_dir / "moshi_tiny.json")
-
-
-@pytest.fixture(scope="module")
-def vectors(fixtures_dir):
-    return load_file(fixtures_dir / "moshi_tiny_vectors.safetensors")
-
-
 def _defined(ref: torch.Tensor) -> torch.Tensor:
     """Positions the fixture defines (it stores undefined ones as all-zero rows)."""
     return ~(ref == 0).all(dim=-1)

@@ -30,11 +30,6 @@ def q8_path(tmp_path_factory, fixtures_dir):
     return out
 
 
-@pytest.fixture(scope="module")
-def vectors(fixtures_dir):
-    return load_file(fixtures_dir / "moshi_tiny_vectors.safetensors")
-
-
 def test_quantize_weight_rowwise_absmax():
     w = torch.randn(5, 40, generator=torch.Generator().manual_seed(0))
     w[2] = 0.0
