@@ -45,6 +45,7 @@ def export_for_shipping(weights: str | Path, config: str | Path, out_dir: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_mimi(model.to(dtype), out / "model.safetensors")
+    (out / "model.safetensors").chmod(0o644)  # safetensors writes 0600; an installed package file must be readable
     cfg = json.loads(Path(config).read_text(encoding="utf-8"))
     (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n", encoding="utf-8")
     return out / "model.safetensors"
