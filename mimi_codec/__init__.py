@@ -2,6 +2,7 @@
 
     from mimi_codec import load_mimi
     model = load_mimi()                      # official weights from Hugging Face
+    model = load_mimi(model="small")         # or a model shipped in the package (mimi_codec.named_models)
     codes = model.encode(wav)                # wav [B, 1, T] float -> codes [B, 8, ceil(T/1920)]
     audio = model.decode(codes)              # -> [B, 1, F * 1920]
 

@@ -1,4 +1,5 @@
-"""`load_mimi`: build Mimi from a config and fill it from the official checkpoint or a local file."""
+"""`load_mimi`: build Mimi from a config and fill it from the official checkpoint, a model
+shipped in the package (by name), or a local file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from .checkpoint import load_state, read_safetensors
 from .config import MimiConfig
 from .models.mimi import MimiModel
+from .named_models import named_model
 
 HF_REPO = "kyutai/moshiko-pytorch-bf16"
 MIMI_FILENAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -43,6 +45,7 @@ def load_mimi(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     num_codebooks: int = 8,
+    model: str | None = None,
 ) -> MimiModel:
     """Build a Mimi model and load its weights (strictly).
 
@@ -52,17 +55,27 @@ def load_mimi(
             name, or the path of such a JSON file.
         device: where the model lives.
         dtype: floating dtype of the parameters (float32 reproduces the reference).
-        num_codebooks: default K returned by `encode`, 1..32.
+        num_codebooks: default K returned by `encode`, 1..32 (at most the model's codebooks).
+        model: the name of a model shipped in the package (`named_models()`, e.g. "small"):
+            its weights and config, nothing downloaded. Not combined with weights or config.
     Returns:
         the model in eval mode.
+    Raises:
+        ValueError: an unknown model name (the message lists the shipped ones), or a model
+            name given together with weights or config.
     """
+    if model is not None:
+        if weights is not None or config is not None:
+            raise ValueError(f"model {model!r}: give either a model name or weights/config, not both")
+        shipped = named_model(model)
+        weights, config = shipped.weights, shipped.config
     cfg = MimiConfig.load(config)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype {dtype!r}: expected a floating torch dtype")
     path = fetch_official_weights() if weights is None else Path(weights)
     tensors = read_safetensors(path)
     with torch.device("meta"):  # no random init: every tensor comes from the file
-        model = MimiModel(cfg, num_codebooks=num_codebooks)
-    load_state(model, tensors, source=f"weights file {str(path)!r}", assign=True)
+        mimi = MimiModel(cfg, num_codebooks=num_codebooks)
+    load_state(mimi, tensors, source=f"weights file {str(path)!r}", assign=True)
     del tensors
-    return model.to(device=device, dtype=dtype).eval()
+    return mimi.to(device=device, dtype=dtype).eval()
