@@ -25,7 +25,7 @@ OFFICIAL_MODEL_ID = "kyutai/moshiko-pytorch-bf16:tokenizer-e351c8d8-checkpoint12
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --weights, --config and --device to a command."""
+    """Add --model, --weights, --config and --device to a command (`model_name`, `weights`, ...)."""
     func = click.option(
         "--device", default="cpu", show_default=True, help="Torch device to run the model on (cpu, cuda, cuda:1, ...)."
     )(func)
@@ -43,6 +43,13 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         metavar="FILE",
         help="Local safetensors checkpoint (default: the official one from Hugging Face).",
     )(func)
+    func = click.option(
+        "--model",
+        "model_name",
+        default=None,
+        metavar="NAME",
+        help="A model shipped in the package, e.g. small (offline; not with --weights/--config).",
+    )(func)
     return func
 
 
@@ -53,8 +60,13 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def model_id(weights: str | None) -> str:
-    """The `model` header value for a weights choice: the official id, or "name@sha256:hash12"."""
+def model_id(weights: str | None, model_name: str | None = None) -> str:
+    """The `model` header value for a weights choice: the official id, a shipped model's id
+    ("mimi-codec:small"), or "name@sha256:hash12" for a local file."""
+    if model_name is not None:
+        from mimi_codec.named_models import named_model
+
+        return named_model(model_name).model_id
     if weights is None:
         return OFFICIAL_MODEL_ID
     return f"{Path(weights).name}@sha256:{_sha256(str(Path(weights).resolve()))[:12]}"
@@ -80,7 +92,20 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
 
 
-def load_model(weights: str | None, config: str | None, device: str, num_codebooks: int = 8) -> tuple[MimiModel, str]:
+def check_model_choice(model_name: str | None, weights: str | None, config: str | None) -> None:
+    """Refuse --model together with --weights/--config, and an unknown --model name."""
+    if model_name is None:
+        return
+    if weights is not None or config is not None:
+        raise ValueError(f"--model {model_name}: give either --model or --weights/--config, not both")
+    from mimi_codec.named_models import named_model
+
+    named_model(model_name)  # ValueError naming the shipped models
+
+
+def load_model(
+    weights: str | None, config: str | None, device: str, num_codebooks: int = 8, model_name: str | None = None
+) -> tuple[MimiModel, str]:
     """Load Mimi for a command; returns the model and its `model` id.
 
     Args:
@@ -88,14 +113,16 @@ def load_model(weights: str | None, config: str | None, device: str, num_codeboo
         config: JSON path or preset name, or None.
         device: torch device string.
         num_codebooks: K the model encodes by default.
+        model_name: a model shipped in the package (instead of weights/config), or None.
     """
+    check_model_choice(model_name, weights, config)
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file {weights} does not exist")
     _check_device(device)
     from mimi_codec import load_mimi
 
-    model = load_mimi(weights=weights, config=config, device=device, num_codebooks=num_codebooks)
-    return model, model_id(weights)
+    model = load_mimi(weights=weights, config=config, device=device, num_codebooks=num_codebooks, model=model_name)
+    return model, model_id(weights, model_name)
 
 
 @contextlib.contextmanager

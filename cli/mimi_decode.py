@@ -19,6 +19,7 @@ from mimi_moshi_cli.mimi_common import (
     ChunkDecoder,
     Progress,
     check_header_matches_model,
+    check_model_choice,
     common_options,
     is_stdio,
     load_model,
@@ -127,9 +128,12 @@ sample_rate_option = click.option(
 @common_options
 def decode(
     src: str, out: str, sample_rate: int | None, salvage: bool,
-    weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
+    model_name: str | None, weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
 ) -> None:
     """Decode a .mimi file to audio (24 kHz wav by default; .flac/.ogg by extension).
+
+    Without --model/--weights/--config, a file whose header names a model shipped in the
+    package (e.g. "mimi-codec:small") is decoded with that model, any other with the official one.
 
     \b
       mimi decode talk.mimi talk.wav
@@ -138,12 +142,19 @@ def decode(
     """
     from mimi_codec.bitstream import MimiReader
 
+    from mimi_codec.named_models import model_for_id
+
+    check_model_choice(model_name, weights, config)
     _precheck(src, out, force)
     with contextlib.ExitStack() as stack:
         file = sys.stdin.buffer if is_stdio(src) else stack.enter_context(open(src, "rb"))
         label = "<stdin>" if is_stdio(src) else src
         reader = MimiReader(file, salvage=salvage, source=label)  # a bad header fails before the model loads
-        model, name = load_model(weights, config, device)
+        shipped = model_for_id(reader.header.model)
+        if model_name is None and weights is None and config is None and shipped is not None:
+            model_name = shipped.name
+            say(quiet, f"{label} was made with the shipped model {shipped.name!r}; decoding with it")
+        model, name = load_model(weights, config, device, model_name=model_name)
         wav = decode_stream(model, reader, label, quiet)
     header = reader.header
     _check_model_field(header.model, name, label)
@@ -165,20 +176,22 @@ def decode(
 @common_options
 def roundtrip(
     src: str, out: str, codebooks: int, sample_rate: int | None,
-    weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
+    model_name: str | None, weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
 ) -> None:
     """Encode to .mimi and decode back in one go; prints the bitrate and the .mimi size.
 
     \b
       mimi roundtrip talk.wav talk_1k1.wav
       mimi roundtrip talk.wav talk_4k4.wav -q 32
+      mimi roundtrip talk.wav talk_small.wav --model small
     """
     from mimi_codec.bitstream import MimiReader
 
     from mimi_moshi_cli.mimi_encode import encode_files
 
+    check_model_choice(model_name, weights, config)
     _precheck(src, out, force)
-    model, name = load_model(weights, config, device, codebooks)
+    model, name = load_model(weights, config, device, codebooks, model_name)
     with tempfile.TemporaryDirectory(prefix="mimi-roundtrip-") as tmpdir:
         # the codes go through a real .mimi file, as `encode` then `decode` would
         mimi_path = str(Path(tmpdir) / "codes.mimi")

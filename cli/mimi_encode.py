@@ -14,6 +14,7 @@ from mimi_moshi_cli._app import fail
 from mimi_moshi_cli._io import atomic_path
 from mimi_moshi_cli.mimi_common import (
     Progress,
+    check_model_choice,
     common_options,
     encode_chunks,
     is_stdio,
@@ -120,6 +121,7 @@ def encode(
     output_dir: str | None,
     codebooks: int,
     batch_size: int,
+    model_name: str | None,
     weights: str | None,
     config: str | None,
     device: str,
@@ -130,12 +132,14 @@ def encode(
 
     \b
       mimi encode talk.wav talk.mimi
+      mimi encode talk.wav talk.mimi --model small
       mimi encode a.wav b.flac c.mp3 -o codes/
       mimi encode talk.wav - | mimi decode - out.wav
     """
     from mimi_codec.audio import probe_audio
 
     pairs = plan_outputs(paths, output_dir)
+    check_model_choice(model_name, weights, config)
     if pairs[0][1] == "-" and sys.stdout.isatty():
         fail("refusing to write binary .mimi data to a terminal: redirect stdout or give a file name")
     for src, out in pairs:  # check everything before loading the model
@@ -144,7 +148,7 @@ def encode(
         if not is_stdio(src):
             with native_stderr_silenced():
                 probe_audio(src)
-    model, name = load_model(weights, config, device, codebooks)
+    model, name = load_model(weights, config, device, codebooks, model_name)
     for start in range(0, len(pairs), batch_size):
         results = encode_files(model, name, pairs[start : start + batch_size], codebooks, force, quiet)
         for out, frames, seconds, size in results:
