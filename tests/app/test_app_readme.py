@@ -1,9 +1,15 @@
-"""The README's Python example runs as written (with the tiny test model and a real recording)."""
+"""The README's Python examples run as written (with the tiny test model and a real recording),
+and so does the quick start's main job (offline, with the model shipped in the package)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import soundfile as sf
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -41,3 +47,18 @@ def test_readme_lm_example_runs(fixtures_dir):
     exec(compile(code.replace("load_moshi()", tiny), "README.md", "exec"), scope)  # noqa: S102
     frame = scope["frame"]
     assert frame.pcm.shape == (1, 1, 1920) and frame.tokens.shape == (1, 9, 1)  # the last of 3 steps
+
+
+def test_readme_main_job_runs_offline_with_the_shipped_model(tmp_path):
+    """The quick start's `mimi roundtrip ... --model small` runs as written, with no network."""
+    install = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)[0].strip()
+    job = install.split(" && ")[-1]
+    assert job == "mimi roundtrip tests/data/p240_00000.mp3 out.wav --model small"
+    args = job.split()[1:]
+    args[args.index("out.wav")] = str(tmp_path / "out.wav")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(Path(sys.executable).with_name("mimi")), *args], capture_output=True,
+                          cwd=README.parent, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "1,100 bit/s of codes" in proc.stdout.decode()
+    assert len(sf.read(tmp_path / "out.wav")[0]) == len(sf.read(README.parent / "tests/data/p240_00000.mp3")[0])
