@@ -102,15 +102,18 @@ SPEEDUP_FRAMES = 40
 
 @pytest.fixture(scope="module")
 def speedup_variants(bench_setup: BenchSetup) -> list[Ours]:
-    """Our model once per speedup switched off alone, plus every speedup off."""
+    """Our model once per speedup switched alone (off if on by default, on if off), plus
+    every speedup off."""
     from mimi_codec import load_mimi
     from mimi_codec.models.speedups import Speedups
 
     variants = []
+    default = Speedups()
     for name in Speedups.names():
+        on = getattr(default, name)
         model = load_mimi(bench_setup.weights)
-        model.set_speedups(Speedups.all().without(name))
-        variants.append(Ours(f"ours-without-{name}", model, bench_setup.wav))
+        model.set_speedups(default.toggled(name, not on))
+        variants.append(Ours(f"ours-{'without' if on else 'with'}-{name}", model, bench_setup.wav))
     model = load_mimi(bench_setup.weights)
     model.set_speedups(None)
     variants.append(Ours("ours-unoptimised", model, bench_setup.wav))

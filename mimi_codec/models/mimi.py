@@ -145,7 +145,7 @@ class MimiModel(nn.Module):
         return self._speedups
 
     def set_speedups(self, speedups: Speedups | None) -> None:
-        """Choose the speedups: Speedups() = all of them (the default), None = the plain path.
+        """Choose the speedups: Speedups() = the default set, Speedups.all(), None = the plain path.
 
         They change how results are computed, not the codes (audio moves by < 1e-6).
         Not inside `streaming()`.

@@ -17,11 +17,16 @@ INPUT_MAJOR_MIN_CONV = 1 << 20
 
 @dataclass(frozen=True)
 class Speedups:
-    """Which speedups a MimiModel uses (all on by default)."""
+    """Which speedups a MimiModel uses. The defaults are those measured to pay on the
+    project's machines; `input_major` is off by default (see its comment)."""
 
     matmul_conv: bool = True  # convs / transposed convs with <= 64 output steps as one GEMM
-    input_major: bool = True  # linear and wide conv weights stored input-major: GEMMs with few rows read them 2x faster
+    # linear and wide conv weights stored input-major: GEMMs with few rows read them 2x faster
+    # on the AMD EPYC machines of an earlier session (1.08x on streaming), but 0.86x on the
+    # Intel Xeon ones of a later one, where MKL streams the default layout at full bandwidth
+    input_major: bool = False
     cache_distances: bool = True  # the codebook side of the nearest-centroid GEMM built once
+    kv_buffer: bool = True  # attention keys/values in preallocated buffers, not a concat per call
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -31,7 +36,7 @@ class Speedups:
     @classmethod
     def all(cls) -> "Speedups":
         """Every speedup on."""
-        return cls()
+        return cls(**{n: True for n in cls.names()})
 
     @classmethod
     def none(cls) -> "Speedups":
@@ -40,14 +45,19 @@ class Speedups:
 
     def without(self, name: str) -> "Speedups":
         """These speedups with `name` turned off."""
+        return self.toggled(name, False)
+
+    def toggled(self, name: str, on: bool) -> "Speedups":
+        """These speedups with `name` turned on or off."""
         if name not in self.names():
             raise ValueError(f"speedup {name!r}: expected one of {list(self.names())}")
-        return dataclasses.replace(self, **{name: False})
+        return dataclasses.replace(self, **{name: on})
 
 
 def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
     """Set the per-module switches of `model` (its convolutions, attentions and codebooks)."""
     from ..modules.conv import CausalConv1d, CausalConvTranspose1d
+    from ..modules.transformer import SelfAttention
     from ..quantization.codebook import Codebook
 
     for m in model.modules():
@@ -58,6 +68,8 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.matmul_small = speedups.matmul_conv
         elif isinstance(m, Codebook):
             m.cache_distances = speedups.cache_distances
+        elif isinstance(m, SelfAttention):
+            m.kv_buffer = speedups.kv_buffer
 
 
 def _set_layout(w: nn.Parameter, input_major: bool) -> None:

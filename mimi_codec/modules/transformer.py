@@ -18,54 +18,141 @@ from torch.nn import functional as F
 from ..config import TransformerConfig
 
 
-def apply_rope(q: torch.Tensor, k: torch.Tensor, offset: int, max_period: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(T: int, offset: int, dim: int, max_period: float,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines of the rotary angles of T steps from `offset`.
+
+    Args:
+        T: steps.
+        offset: position of the first step.
+        dim: head width D (even).
+        max_period: period of the slowest rotation.
+    Returns:
+        (cos, sin), each [1, 1, T, D / 2] float32.
+    """
+    half = torch.arange(dim // 2, device=device, dtype=torch.float32)
+    freqs = torch.exp(half * (-math.log(max_period) * 2 / dim))
+    pos = offset + torch.arange(T, device=device, dtype=torch.float32)
+    angle = freqs * pos.view(1, 1, T, 1)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved (real, imaginary) pairs of the last dimension by position.
 
     Args:
-        q: [B, H, T, D] queries, D even.
-        k: [B, H, T, D] keys.
-        offset: position of the first step.
-        max_period: period of the slowest rotation.
+        x: [B, H, T, D] queries or keys, D even.
+        cos, sin: [1, 1, T, D / 2] from `rope_tables`.
     Returns:
-        (q, k) rotated, same shapes and dtype.
+        x rotated, same shape and dtype.
     """
-    B, H, T, D = q.shape
-    half = torch.arange(D // 2, device=q.device, dtype=torch.float32)
-    freqs = torch.exp(half * (-math.log(max_period) * 2 / D))
-    pos = offset + torch.arange(T, device=q.device, dtype=torch.float32)
-    angle = freqs * pos.view(1, 1, T, 1)
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    B, H, T, D = x.shape
+    pairs = x.view(B, H, T, D // 2, 2)
+    re, im = pairs[..., 0].float(), pairs[..., 1].float()
+    out = torch.stack([(re * cos - im * sin).to(x.dtype), (re * sin + im * cos).to(x.dtype)], dim=-1)
+    return out.view(B, H, T, D)
 
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        pairs = x.view(B, H, T, D // 2, 2)
-        re, im = pairs[..., 0].float(), pairs[..., 1].float()
-        out = torch.stack([(re * cos - im * sin).to(x.dtype), (re * sin + im * cos).to(x.dtype)], dim=-1)
-        return out.view(B, H, T, D)
 
-    return rotate(q), rotate(k)
+@dataclass
+class StepContext:
+    """What every layer of one transformer call shares: the positions, the rotary tables and
+    the attention mask (built once per call, not once per layer)."""
+
+    offset: int
+    T: int
+    context: int | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, past: int, device: torch.device) -> torch.Tensor:
+        """[T, past + T] bool: query t may see key j (causal, within `context` steps)."""
+        m = self._masks.get(past)
+        if m is None:
+            pos_q = torch.arange(self.offset, self.offset + self.T, device=device).view(self.T, 1)
+            pos_k = torch.arange(self.offset - past, self.offset + self.T, device=device).view(1, past + self.T)
+            delta = pos_q - pos_k
+            m = delta >= 0
+            if self.context is not None:
+                m = m & (delta < self.context)
+            self._masks[past] = m
+        return m
 
 
 @dataclass
 class AttentionState:
     """Keys and values kept for the next call.
 
+    With `buffered` (the `kv_buffer` speedup) they live in preallocated buffers of twice the
+    context: a call writes its T new steps after the kept ones, and the kept steps are moved
+    back to the front only when the buffer is full (about once every `context / T` calls).
+    Without it, every call concatenates [kept, new] into a new tensor. Either way attention
+    sees the same keys in the same order.
+
     Attributes:
-        keys: [B, H, L, D] rotated keys of the last L <= context - 1 steps.
-        values: [B, H, L, D] their values.
+        key_buf: [B, H, capacity, D] rotated keys; steps start..end-1 are the kept ones.
+        value_buf: [B, H, capacity, D] their values.
+        start, end: the kept steps' slots.
         ring: emulate the reference's streaming cache, a ring of exactly `context` entries:
             when a call brings several steps, its first steps then see fewer than `context`
             keys (the reference's streaming output past `context` steps). False: every query
             sees `context` steps, as in the whole-input path.
+        buffered: preallocated buffers (True) or a concatenation per call (False).
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    key_buf: torch.Tensor
+    value_buf: torch.Tensor
+    start: int = 0
+    end: int = 0
     ring: bool = False
+    buffered: bool = True
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """[B, H, L, D] the kept keys."""
+        return self.key_buf[:, :, self.start:self.end]
+
+    @property
+    def values(self) -> torch.Tensor:
+        """[B, H, L, D] the kept values."""
+        return self.value_buf[:, :, self.start:self.end]
 
     def reset(self) -> None:
         """Back to the start of a stream (drops the kept steps)."""
-        self.keys = self.keys[:, :, :0]
-        self.values = self.values[:, :, :0]
+        self.start = self.end = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, room: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add T steps after the kept ones.
+
+        Args:
+            k, v: [B, H, T, D] the new keys and values.
+            room: steps a buffer holds at least besides the new ones (2 x context).
+        Returns:
+            (keys, values): [B, H, L + T, D] the kept steps then the new ones.
+        """
+        T, n = k.shape[2], self.end - self.start
+        if not self.buffered:
+            self.key_buf = torch.cat([self.keys, k], dim=2) if n else k
+            self.value_buf = torch.cat([self.values, v], dim=2) if n else v
+            self.start, self.end = 0, n + T
+            return self.key_buf, self.value_buf
+        if self.end + T > self.key_buf.shape[2]:
+            if n + T > self.key_buf.shape[2]:
+                shape = (*k.shape[:2], max(n + T, room), k.shape[3])
+                keys, values = k.new_empty(shape), v.new_empty(shape)
+            else:
+                keys, values = self.key_buf, self.value_buf
+            keys[:, :, :n] = self.keys.clone()
+            values[:, :, :n] = self.values.clone()
+            self.key_buf, self.value_buf, self.start, self.end = keys, values, 0, n
+        self.key_buf[:, :, self.end:self.end + T] = k
+        self.value_buf[:, :, self.end:self.end + T] = v
+        self.end += T
+        return self.keys, self.values
+
+    def keep_last(self, n: int) -> None:
+        """Keep only the last n steps for the next call."""
+        self.start = max(self.start, self.end - n)
 
 
 @dataclass
@@ -92,45 +179,36 @@ class SelfAttention(nn.Module):
         self.max_period = cfg.max_period
         self.in_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        #: speedup switch: keys and values in preallocated buffers instead of a concat per call.
+        self.kv_buffer = False
 
     def init_state(self, batch_size: int, ring: bool = False) -> AttentionState:
         """A fresh state for `batch_size` streams (`ring`: see AttentionState)."""
         w = self.in_proj.weight
         d = w.shape[1] // self.num_heads
         empty = torch.zeros(batch_size, self.num_heads, 0, d, device=w.device, dtype=w.dtype)
-        return AttentionState(empty, empty.clone(), ring)
+        return AttentionState(empty, empty.clone(), ring=ring, buffered=self.kv_buffer)
 
-    def forward(self, x: torch.Tensor, offset: int, state: AttentionState) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: StepContext, state: AttentionState) -> torch.Tensor:
         """Args:
             x: [B, T, C] normalised input.
-            offset: position of x's first step.
+            step: positions, rotary tables and masks of this call.
             state: kept keys/values, updated in place.
         Returns:
             [B, T, C]
         """
         B, T, C = x.shape
         q, k, v = self.in_proj(x).view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, k, offset, self.max_period)
-        past = state.keys.shape[2]
-        keys = torch.cat([state.keys, k], dim=2) if past else k
-        values = torch.cat([state.values, v], dim=2) if past else v
+        q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
+        keys, values = state.append(k, v, 2 * self.context if self.context is not None else 2 * (state.end - state.start + T))
+        past = keys.shape[2] - T
         ring = state.ring and self.context is not None
         if ring and keys.shape[2] > self.context:
             keys, values = keys[:, :, -self.context:], values[:, :, -self.context:]
             past = self.context - T
-        pos_q = torch.arange(offset, offset + T, device=x.device).view(T, 1)
-        pos_k = torch.arange(offset - past, offset + T, device=x.device).view(1, past + T)
-        delta = pos_q - pos_k
-        mask = delta >= 0
+        out = F.scaled_dot_product_attention(q, keys, values, step.mask(past, x.device))
         if self.context is not None:
-            mask = mask & (delta < self.context)
-        out = F.scaled_dot_product_attention(q, keys, values, mask)
-        if self.context is None:
-            keep = keys.shape[2]
-        else:
-            keep = min(keys.shape[2], self.context if ring else self.context - 1)
-        state.keys = keys[:, :, keys.shape[2] - keep:]
-        state.values = values[:, :, values.shape[2] - keep:]
+            state.keep_last(self.context if ring else self.context - 1)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, C))
 
 
@@ -160,9 +238,9 @@ class TransformerLayer(nn.Module):
         self.layer_scale_1: nn.Module = nn.Identity() if scale is None else LayerScale(cfg.d_model, scale)
         self.layer_scale_2: nn.Module = nn.Identity() if scale is None else LayerScale(cfg.d_model, scale)
 
-    def forward(self, x: torch.Tensor, offset: int, state: AttentionState) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: StepContext, state: AttentionState) -> torch.Tensor:
         """x: [B, T, C] -> [B, T, C]"""
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), offset, state))
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), step, state))
         return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
 
 
@@ -194,8 +272,12 @@ class Transformer(nn.Module):
         x = x.transpose(1, 2)
         if self.input_proj is not None:
             x = self.input_proj(x)
+        T = x.shape[1]
+        cos, sin = rope_tables(T, state.offset, self.cfg.d_model // self.cfg.num_heads,
+                               self.cfg.max_period, x.device)
+        step = StepContext(state.offset, T, self.cfg.context, cos, sin)
         for layer, st in zip(self.layers, state.layers):
-            x = layer(x, state.offset, st)
+            x = layer(x, step, st)
         state.offset += x.shape[1]
         if self.output_proj is not None:
             x = self.output_proj(x)

@@ -132,9 +132,12 @@ def test_cached_distances_give_cdist_codes() -> None:
 
 def test_switches_and_errors(fixtures_dir) -> None:
     model = _load_tiny(fixtures_dir, Speedups())
-    assert model.speedups == Speedups.all()
+    assert model.speedups == Speedups.all().without("input_major")  # the default set
+    assert model.encoder_transformer.layers[0].linear1.weight.is_contiguous()
+    model.set_speedups(Speedups.all())
+    model.load_state_dict(model.state_dict())  # loading keeps the chosen layout
     lin = model.encoder_transformer.layers[0].linear1.weight
-    assert lin.stride() == (1, lin.shape[0])  # input-major after loading
+    assert lin.stride() == (1, lin.shape[0])  # input-major
     with pytest.raises(ValueError, match="streaming"):
         with model.streaming(1):
             model.set_speedups(None)
@@ -167,3 +170,34 @@ def test_mimi_bench_cli_on_tiny_model(fixtures_dir) -> None:
     assert res.exit_code == 0 and "speedups off" in res.output and "real-time factor" in res.output
     res = CliRunner().invoke(main, ["bench", "--seconds", "0.01"])
     assert res.exit_code == 2 and "0.08" in res.output
+
+
+@pytest.mark.parametrize("ring", [False, True])
+def test_kv_buffer_equals_concat_over_many_steps(ring: bool) -> None:
+    """Preallocated key/value buffers (moved back to the front when full, grown when a call
+    brings more steps than they hold) give exactly the per-call concatenation's output."""
+    from mimi_codec.config import TransformerConfig
+    from mimi_codec.modules.transformer import Transformer
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=32, num_heads=4, num_layers=2, dim_feedforward=64, context=6,
+                            input_dimension=32, output_dimensions=(32,))
+    model = Transformer(cfg).eval()
+    x = torch.randn(1, 32, 200)
+    sizes = [1, 2, 1, 3, 2, 17, 1, 1, 2, 5] * 4  # includes a call longer than the buffer
+    outs, ptrs = {}, set()
+    for buffered in (False, True):
+        for layer in model.layers:
+            layer.self_attn.kv_buffer = buffered
+        state = model.init_state(1, ring=ring)
+        pieces, i = [], 0
+        with torch.no_grad():
+            for n in sizes:
+                pieces.append(model(x[..., i:i + n], state))
+                i += n
+                if buffered:
+                    ptrs.add(state.layers[0].key_buf.data_ptr())
+                    assert state.layers[0].keys.shape[2] == min(i, 6 if ring else 5)
+        outs[buffered] = torch.cat(pieces, -1)
+    assert torch.equal(outs[True], outs[False])
+    assert len(ptrs) <= 3  # allocated once, then regrown only for the 17-step call
