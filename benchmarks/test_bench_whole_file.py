@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from conftest import RESULTS, BenchSetup, record
 from peers import FRAME, Ours, peak_memory
+from ties import mismatch_gaps
 
 ROUNDS = {10: 3, 60: 2}
 WARMUP = {10: True, 60: False}  # the 10 s runs warm every implementation up
+TIE_GAP = 1e-5  # relative distance gap below which two centroids are a rounding-level tie
 CODES: dict[tuple[str, int], np.ndarray] = {}  # (impl, seconds) -> codes of the encode runs
 
 
@@ -72,6 +74,10 @@ def test_bench_whole_file(benchmark: Any, bench_setup: BenchSetup, ours: Ours, o
             summaries[o.name]["codes_equal"] = int(same)
             if theirs.shape == mine.shape:
                 summaries[o.name]["codes_differing_frac"] = float((theirs != mine).mean())
+                if not same and o.name != "rustymimi":
+                    gaps = mismatch_gaps(ours.model, ours.x[..., :frames * FRAME], mine[0], theirs[0])
+                    summaries[o.name]["tie_frames"] = len(gaps)
+                    summaries[o.name]["tie_max_rel_gap"] = max(gaps)
     if seconds == 60 and f"whole-file {op} 10 s" in RESULTS:
         for name, s in summaries.items():
             short = RESULTS[f"whole-file {op} 10 s"].get(name)
@@ -80,8 +86,12 @@ def test_bench_whole_file(benchmark: Any, bench_setup: BenchSetup, ours: Ours, o
     record(benchmark, f"whole-file {op} {seconds} s", summaries, "median_s")
     if op == "encode":
         for o in others:
-            if o.name != "rustymimi":  # an independent implementation: counted, not required
-                assert summaries[o.name]["codes_equal"] == 1, f"{o.name} gives other codes"
+            if o.name != "rustymimi" and not summaries[o.name]["codes_equal"]:
+                # an independent implementation (rustymimi) is counted, not required; the
+                # reference may differ only where two centroids are equally near to fp32
+                # rounding (our centroid nearer or as near, by less than TIE_GAP relative)
+                gap = summaries[o.name].get("tie_max_rel_gap", float("inf"))
+                assert -TIE_GAP < gap < TIE_GAP, f"{o.name} gives other codes (gap {gap:.2e})"
 
 
 def test_bench_peak_memory(benchmark: Any, bench_setup: BenchSetup, peers: list[Any]) -> None:
