@@ -20,7 +20,7 @@ from ..config import TransformerConfig
 
 def rope_tables(T: int, offset: int, dim: int, max_period: float,
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosines and sines of the rotary angles of T steps from `offset`.
+    """Rotary tables of T steps from `offset`, laid out for `apply_rope`.
 
     Args:
         T: steps.
@@ -28,29 +28,32 @@ def rope_tables(T: int, offset: int, dim: int, max_period: float,
         dim: head width D (even).
         max_period: period of the slowest rotation.
     Returns:
-        (cos, sin), each [1, 1, T, D / 2] float32.
+        (cos, sin), each [T, D] float32: cos = (cos a_i, cos a_i) and sin = (-sin a_i, sin a_i)
+        for each interleaved pair i.
     """
     half = torch.arange(dim // 2, device=device, dtype=torch.float32)
     freqs = torch.exp(half * (-math.log(max_period) * 2 / dim))
     pos = offset + torch.arange(T, device=device, dtype=torch.float32)
-    angle = freqs * pos.view(1, 1, T, 1)
-    return torch.cos(angle), torch.sin(angle)
+    angle = freqs * pos.view(T, 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return (torch.stack([cos, cos], -1).view(T, dim),
+            torch.stack([-sin, sin], -1).view(T, dim))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved (real, imaginary) pairs of the last dimension by position.
+    """Rotate interleaved (real, imaginary) pairs of the last dimension by position, in float32:
+    (re, im) -> (re cos - im sin, im cos + re sin), as x * cos + swap_pairs(x) * sin.
 
     Args:
-        x: [B, H, T, D] queries or keys, D even.
-        cos, sin: [1, 1, T, D / 2] from `rope_tables`.
+        x: [..., D] queries and/or keys, D even.
+        cos, sin: from `rope_tables`, viewed to broadcast against x (the step dimension
+            of x against their T).
     Returns:
         x rotated, same shape and dtype.
     """
-    B, H, T, D = x.shape
-    pairs = x.view(B, H, T, D // 2, 2)
-    re, im = pairs[..., 0].float(), pairs[..., 1].float()
-    out = torch.stack([(re * cos - im * sin).to(x.dtype), (re * sin + im * cos).to(x.dtype)], dim=-1)
-    return out.view(B, H, T, D)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + swapped * sin).to(x.dtype)
 
 
 @dataclass
@@ -65,8 +68,9 @@ class StepContext:
     sin: torch.Tensor
     _masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def mask(self, past: int, device: torch.device) -> torch.Tensor:
-        """[T, past + T] bool: query t may see key j (causal, within `context` steps)."""
+    def mask(self, past: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[T, past + T] additive mask: 0 where query t may see key j (causal, within
+        `context` steps), -inf elsewhere (what attention makes of a boolean mask)."""
         m = self._masks.get(past)
         if m is None:
             pos_q = torch.arange(self.offset, self.offset + self.T, device=device).view(self.T, 1)
@@ -75,6 +79,7 @@ class StepContext:
             m = delta >= 0
             if self.context is not None:
                 m = m & (delta < self.context)
+            m = torch.zeros(m.shape, device=device, dtype=dtype).masked_fill_(~m, float("-inf"))
             self._masks[past] = m
         return m
 
@@ -198,15 +203,16 @@ class SelfAttention(nn.Module):
             [B, T, C]
         """
         B, T, C = x.shape
-        q, k, v = self.in_proj(x).view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
+        qkv = self.in_proj(x).view(B, T, 3, self.num_heads, C // self.num_heads)
+        q, k = apply_rope(qkv[:, :, :2], step.cos, step.sin).permute(2, 0, 3, 1, 4)
+        v = qkv[:, :, 2].transpose(1, 2)
         keys, values = state.append(k, v, 2 * self.context if self.context is not None else 2 * (state.end - state.start + T))
         past = keys.shape[2] - T
         ring = state.ring and self.context is not None
         if ring and keys.shape[2] > self.context:
             keys, values = keys[:, :, -self.context:], values[:, :, -self.context:]
             past = self.context - T
-        out = F.scaled_dot_product_attention(q, keys, values, step.mask(past, x.device))
+        out = F.scaled_dot_product_attention(q, keys, values, step.mask(past, x.device, q.dtype))
         if self.context is not None:
             state.keep_last(self.context if ring else self.context - 1)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, C))
@@ -275,7 +281,8 @@ class Transformer(nn.Module):
         T = x.shape[1]
         cos, sin = rope_tables(T, state.offset, self.cfg.d_model // self.cfg.num_heads,
                                self.cfg.max_period, x.device)
-        step = StepContext(state.offset, T, self.cfg.context, cos, sin)
+        # [T, D] -> [1, T, 1, 1, D]: against [B, T, (q, k), H, D]
+        step = StepContext(state.offset, T, self.cfg.context, cos[:, None, None], sin[:, None, None])
         for layer, st in zip(self.layers, state.layers):
             x = layer(x, step, st)
         state.offset += x.shape[1]
