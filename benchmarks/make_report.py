@@ -2,12 +2,14 @@
 docs/performance.md.
 
     python benchmarks/make_report.py FILE [FILE...] [--doc docs/performance.md] [--plot docs/performance_stream.png]
+        [--marker bench]
 
 With several files (e.g. the streaming and the whole-file suites run one after the other),
 a later file's workload replaces an earlier one of the same name.
 
 The tables replace what lies between `<!-- bench:begin -->` and `<!-- bench:end -->` in
-the doc (the rest of it is written by hand); every number comes from the JSON, i.e. from
+the doc (`--marker NAME`: between `<!-- NAME:begin -->` and `<!-- NAME:end -->`, so one doc
+can hold several runs, e.g. one per thread count) (the rest of it is written by hand); every number comes from the JSON, i.e. from
 one run in which all implementations were measured interleaved on the same machine.
 """
 
@@ -19,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +76,11 @@ def whole_table(ws: list[dict[str, Any]]) -> list[str]:
             if "per_frame_60s_over_10s" in s:
                 cell += f", 60 s/10 s per frame {s['per_frame_60s_over_10s']:.2f}"
             if s.get("codes_equal") == 0:
-                cell += ", CODES DIFFER"
+                frac = s.get("codes_differing_frac")
+                cell += ", CODES DIFFER" if frac is None else f", CODES DIFFER ({frac:.2%} of codes)"
+                if "tie_frames" in s:
+                    cell += (f": {s['tie_frames']} frame(s), each a rounding-level tie "
+                             f"(relative distance gap <= {s['tie_max_rel_gap']:.1e})")
             cells.append(cell)
         rows.append(f"| {w['workload']} | " + " | ".join(cells) + " |")
     return rows + [""]
@@ -143,7 +148,9 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "performance_stream.png")
     ap.add_argument("--threads", default="default", help="torch threads the run used (for the text)")
+    ap.add_argument("--marker", default="bench", help="the doc's block to replace: <!-- MARKER:begin/end -->")
     args = ap.parse_args()
+    begin, end = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"
     data = json.loads(args.json_files[0].read_text())
     for extra in args.json_files[1:]:
         more = json.loads(extra.read_text())
@@ -152,11 +159,11 @@ def main() -> None:
         data["benchmarks"] = [b for b in data["benchmarks"]
                               if b.get("extra_info", {}).get("workload") not in names] + more["benchmarks"]
     data["_threads"] = args.threads
-    block = f"{BEGIN}\n{render(data)}\n{END}"
-    doc = args.doc.read_text() if args.doc.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in doc:
-        doc += f"\n{BEGIN}\n{END}\n"
-    doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: block, doc, flags=re.S)
+    block = f"{begin}\n{render(data)}\n{end}"
+    doc = args.doc.read_text() if args.doc.exists() else f"# Performance\n\n{begin}\n{end}\n"
+    if begin not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: block, doc, flags=re.S)
     args.doc.write_text(doc)
     plot(data, args.plot)
     print(f"wrote {args.doc} and {args.plot}")
