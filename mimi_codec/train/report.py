@@ -2,6 +2,8 @@
 held-out recordings, write a JSON table and a plot.
 
     python -m mimi_codec.train.report RUN_DIR --data held_out/ --out docs/
+    python -m mimi_codec.train.report RUN_DIR --data held_out/ --out docs/ --every 20 \
+        --min-step 2450 --merge docs/small_quality_vs_steps.json   # a resumed run's new steps
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def score(fn: Any, refs: list[np.ndarray], visqol: bool) -> dict[str, float | No
     return {k: _mean(rows, k) for k in METRICS}
 
 
-def evaluate_run(run: Path, data: list[str], visqol: bool = True, every: int = 1) -> dict[str, Any]:
+def evaluate_run(run: Path, data: list[str], visqol: bool = True, every: int = 1,
+                 min_step: int = 0) -> dict[str, Any]:
     """Score every snapshot of a run (and Codec2 1200 / Opus 6k) on held-out audio.
 
     Args:
@@ -47,6 +50,7 @@ def evaluate_run(run: Path, data: list[str], visqol: bool = True, every: int = 1
         data: held-out recordings (folders, files, manifests).
         visqol: also compute ViSQOL.
         every: score one snapshot in `every` (the last one always).
+        min_step: skip the snapshots of earlier steps.
     Returns:
         {"files": [...], "baselines": {name: scores}, "snapshots": [{"step": n, **scores}]}
     """
@@ -55,7 +59,8 @@ def evaluate_run(run: Path, data: list[str], visqol: bool = True, every: int = 1
     out: dict[str, Any] = {"files": [str(f) for f in files], "baselines": {}, "snapshots": []}
     out["baselines"]["codec2-1200"] = score(codec2_roundtrip, refs, visqol)
     out["baselines"]["opus-6k"] = score(opus_roundtrip, refs, visqol)
-    snaps = sorted((run / "snapshots").glob("model_step*.safetensors"))
+    snaps = [p for p in sorted((run / "snapshots").glob("model_step*.safetensors"))
+             if int(re.findall(r"\d+", p.stem)[-1]) >= min_step]
     picked = snaps[::every] + ([snaps[-1]] if snaps and (len(snaps) - 1) % every else [])
     for snap in picked:
         step = int(re.findall(r"\d+", snap.stem)[-1])
@@ -99,8 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for quality_vs_steps.{json,png}")
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--no-visqol", action="store_true")
+    p.add_argument("--min-step", type=int, default=0, help="score only snapshots from this step on")
+    p.add_argument("--merge", type=Path, default=None,
+                   help="an earlier results JSON whose snapshot rows before --min-step are kept")
     a = p.parse_args(argv)
-    res = evaluate_run(a.run, a.data, visqol=not a.no_visqol, every=a.every)
+    res = evaluate_run(a.run, a.data, visqol=not a.no_visqol, every=a.every, min_step=a.min_step)
+    if a.merge is not None:
+        old = json.loads(a.merge.read_text(encoding="utf-8"))
+        res["snapshots"] = [s for s in old["snapshots"] if s["step"] < a.min_step] + res["snapshots"]
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "small_quality_vs_steps.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     plot(res, a.out / "small_quality_vs_steps.png", "held-out speech: small Mimi vs Codec2 1200 and Opus 6k")

@@ -130,3 +130,27 @@ def test_cli_eval_reports_wer(data_dir: Path, tmp_path: Path) -> None:
     # the recogniser gets most of the original (3 of 4 words here), little from an untrained codec
     assert summary["original"]["wer"] <= 0.5
     assert summary["mimi:model.safetensors"]["wer"] >= 0.75
+
+
+@pytest.mark.skipif(shutil.which("c2enc") is None or shutil.which("opusenc") is None,
+                    reason="codec2 / opus-tools not installed (apt-get install codec2 opus-tools)")
+def test_report_scores_new_snapshots_and_merges_earlier_rows(fixtures_dir: Path, tmp_path: Path) -> None:
+    from mimi_codec.train.report import main as report_main
+
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    shutil.copyfile(fixtures_dir / "mimi_tiny.json", run / "config.json")
+    for step in (10, 20, 30):
+        shutil.copyfile(fixtures_dir / "mimi_tiny.safetensors", run / "snapshots" / f"model_step{step:07d}.safetensors")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"files": [], "baselines": {}, "snapshots": [
+        {"step": 5, "pesq": 1.0, "stoi": 0.1, "visqol": None, "mel_distance": 3.0},
+        {"step": 20, "pesq": 9.0, "stoi": 9.0, "visqol": None, "mel_distance": 9.0}]}))
+    data = write_tone_data(tmp_path / "data", seconds=1.0)
+    out = tmp_path / "docs"
+    report_main([str(run), "--data", str(data), "--out", str(out), "--no-visqol", "--min-step", "20",
+                 "--merge", str(old)])
+    res = json.loads((out / "small_quality_vs_steps.json").read_text())
+    assert [s["step"] for s in res["snapshots"]] == [5, 20, 30]  # the old row of step 20 is replaced
+    assert res["snapshots"][0]["pesq"] == 1.0 and res["snapshots"][1]["stoi"] < 1.0
+    assert (out / "small_quality_vs_steps.png").stat().st_size > 0
