@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +14,9 @@ import pytest
 import soundfile as sf
 from safetensors.numpy import load_file, save_file
 
+from cliutil import FIXTURES, MIMI, WEIGHTS, assert_fails, run_mimi
+
 from mimi_codec.bitstream import read_mimi
-
-MIMI = str(Path(sys.executable).with_name("mimi"))
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-WEIGHTS = ["--weights", str(FIXTURES / "mimi_tiny.safetensors"), "--config", str(FIXTURES / "mimi_tiny.json")]
-
-
-def run_mimi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([MIMI, *args], capture_output=True, cwd=cwd, timeout=300)
-
-
-def assert_fails(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, one line on stderr holding every fragment, no traceback, nothing on stdout."""
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory, data_dir) -> Path:
-    """3 s of real speech as a 24 kHz wav."""
-    wav, rate = sf.read(data_dir / "p240_00000.mp3", dtype="float32")
-    path = tmp_path_factory.mktemp("in") / "speech.wav"
-    sf.write(path, wav[: 3 * rate], rate)
-    return path
-
 
 @pytest.fixture(scope="module")
 def good_mimi(tmp_path_factory, speech) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from cliutil import FIXTURES, MIMI, WEIGHTS, run_mimi
+
 from mimi_codec import load_mimi
 from mimi_codec.audio import load_audio
 from mimi_codec.bitstream import read_mimi, write_mimi
-
-MIMI = str(Path(sys.executable).with_name("mimi"))
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-WEIGHTS = ["--weights", str(FIXTURES / "mimi_tiny.safetensors"), "--config", str(FIXTURES / "mimi_tiny.json")]
-
-
-def run_mimi(*args: str, cwd: Path | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([MIMI, *args], capture_output=True, cwd=cwd, input=input, timeout=300)
-
 
 @pytest.fixture(scope="module")
 def model():

@@ -4,8 +4,6 @@ against another model's), a different --model warns, and bad choices are one-lin
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,44 +11,19 @@ import pytest
 import soundfile as sf
 import torch
 
+from cliutil import WEIGHTS, assert_fails, run_mimi
+
 from mimi_codec import load_mimi
 from mimi_codec.audio import load_audio
 from mimi_codec.bitstream import read_mimi, write_mimi
 
-MIMI = str(Path(sys.executable).with_name("mimi"))
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-TINY = ["--weights", str(FIXTURES / "mimi_tiny.safetensors"), "--config", str(FIXTURES / "mimi_tiny.json")]
 OFFICIAL_ID = "kyutai/moshiko-pytorch-bf16:tokenizer-e351c8d8-checkpoint125"
 PCM16 = 1 / 32768 + 1e-6  # a wav file holds 16-bit samples
-
-
-def run_mimi(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MIMI, *args], capture_output=True, timeout=300)
-
-
-def assert_fails(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Exit 2, one red line holding every fragment, no traceback."""
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")
 def small():
     return load_mimi(model="small")
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory, data_dir) -> Path:
-    """2 s of real speech as a 24 kHz wav."""
-    wav, rate = sf.read(data_dir / "p240_00000.mp3", dtype="float32")
-    path = tmp_path_factory.mktemp("in") / "speech.wav"
-    sf.write(path, wav[: 2 * rate], rate)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +58,7 @@ def test_decode_picks_the_model_the_header_names(small, small_mimi, tmp_path) ->
     proc = run_mimi("decode", str(small_mimi), str(tmp_path / "named.wav"), "--model", "small")
     assert proc.returncode == 0 and "warning" not in proc.stderr.decode()
     np.testing.assert_array_equal(sf.read(tmp_path / "named.wav", dtype="float32")[0], auto)
-    proc = run_mimi("decode", str(small_mimi), str(tmp_path / "tiny.wav"), *TINY)
+    proc = run_mimi("decode", str(small_mimi), str(tmp_path / "tiny.wav"), *WEIGHTS)
     assert proc.returncode == 0 and "was made with weights 'mimi-codec:small'" in proc.stderr.decode()
     tiny = sf.read(tmp_path / "tiny.wav", dtype="float32")[0]
     assert np.abs(tiny - auto).max() > 0.01
@@ -94,7 +67,7 @@ def test_decode_picks_the_model_the_header_names(small, small_mimi, tmp_path) ->
 def test_roundtrip_with_model_small_equals_encode_then_decode(small, speech, small_mimi, tmp_path) -> None:
     proc = run_mimi("roundtrip", str(speech), str(tmp_path / "rt.wav"), "--model", "small")
     assert proc.returncode == 0, proc.stderr.decode()
-    assert "8 codebooks x 11 bits, 25 frames: 1,100 bit/s of codes" in proc.stdout.decode()
+    assert "8 codebooks x 11 bits, 38 frames: 1,100 bit/s of codes" in proc.stdout.decode()
     data = read_mimi(small_mimi)
     expected = small.decode(torch.from_numpy(data.codes)[None])[0, 0, : data.header.num_samples].numpy()
     np.testing.assert_allclose(sf.read(tmp_path / "rt.wav", dtype="float32")[0], np.clip(expected, -1, 1), atol=PCM16)
@@ -116,8 +89,8 @@ def test_model_errors(command, speech, small_mimi, tmp_path) -> None:
     out = str(tmp_path / ("o.mimi" if command == "encode" else "o.wav"))
     assert_fails(run_mimi(command, str(src), out, "--model", "big"),
                  "model 'big': no such model in this package; shipped models: [", "'small'")
-    assert_fails(run_mimi(command, str(src), out, "--model", "small", *TINY[:2]),
+    assert_fails(run_mimi(command, str(src), out, "--model", "small", *WEIGHTS[:2]),
                  "--model small: give either --model or --weights/--config, not both")
-    assert_fails(run_mimi(command, str(src), out, "--model", "small", *TINY[2:]),
+    assert_fails(run_mimi(command, str(src), out, "--model", "small", *WEIGHTS[2:]),
                  "--model small: give either --model or --weights/--config, not both")
     assert list(tmp_path.iterdir()) == []  # nothing written

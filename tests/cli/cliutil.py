@@ -1,0 +1,34 @@
+"""What the `mimi` CLI tests share: the installed command, the tiny fixture model's options,
+a subprocess runner and the one-line-error check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+MIMI = str(Path(sys.executable).with_name("mimi"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+WEIGHTS = ["--weights", str(FIXTURES / "mimi_tiny.safetensors"), "--config", str(FIXTURES / "mimi_tiny.json")]
+
+
+def run_mimi(*args: str, cwd: Path | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run `mimi ARGS...` as a user would; stdout and stderr captured as bytes."""
+    return subprocess.run([MIMI, *args], capture_output=True, cwd=cwd, input=input, timeout=300)
+
+
+def assert_fails(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, one line on stderr ("error: ...") holding every fragment, no traceback.
+
+    Returns:
+        that line.
+    """
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
