@@ -131,7 +131,8 @@ class AttentionState:
 
         Args:
             k, v: [B, H, T, D] the new keys and values.
-            room: steps a buffer holds at least besides the new ones (2 x context).
+            room: capacity in steps of a new buffer when the kept and new steps do not fit
+                (2 x context; a call bringing more steps gets a buffer of exactly its size).
         Returns:
             (keys, values): [B, H, L + T, D] the kept steps then the new ones.
         """
