@@ -197,3 +197,34 @@ def tones_wav(folder: Path) -> torch.Tensor:
     from mimi_codec.audio import load_audio
 
     return torch.from_numpy(load_audio(folder / "tone0.wav").wav).view(1, 1, -1)
+
+
+class _EnvelopeTeacher:
+    """A stand-in for a speech model: per-band log energies of 10 ms frames ([B, 8, T / 240])."""
+
+    dim = 8
+
+    def __init__(self) -> None:
+        self.bands = torch.nn.Conv1d(1, 8, 240, stride=240, bias=False)
+        torch.nn.init.normal_(self.bands.weight, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.bands(wav).pow(2))
+
+
+def test_semantic_distillation_trains_the_first_codebook_towards_the_teacher(tones: Path, tmp_path: Path) -> None:
+    over = tiny_train_config(steps=30)
+    over["loss"] = {**over["loss"], "semantic": 1.0}
+    cfg = TrainConfig.from_dict(over)
+    with pytest.raises(ValueError, match="teacher"):
+        Trainer(cfg, [tones], tmp_path / "no-teacher")
+    tr = Trainer(cfg, [tones], tmp_path, teacher=_EnvelopeTeacher())
+    proj = tr.semantic_proj.weight.detach().clone()
+    seen = []
+    tr.run(callback=lambda step, m: seen.append(m["semantic"]))
+    assert len(seen) == 30 and all(0.0 <= s <= 2.0 for s in seen)  # 1 - cosine similarity
+    assert sum(seen[-5:]) / 5 < 0.7 * sum(seen[:5]) / 5, seen  # the semantic output learns the teacher
+    assert not torch.equal(tr.semantic_proj.weight, proj)
+    tensors, _ = tr.state_tensors()
+    assert any(k.startswith("semantic_proj.") for k in tensors)  # resumable with the projection
+    assert not any(k.startswith("semantic_proj.") for k in read_safetensors(tmp_path / MODEL_NAME))  # not shipped
