@@ -83,18 +83,15 @@ def train(config_path: str, data: tuple[str, ...], out: str, resume: bool, init_
 def _load_eval_model(model: str | None, weights: str | None, config: str | None, device: str,
                      num_codebooks: int) -> tuple[Any, str]:
     from mimi_codec import load_mimi
-    from mimi_codec.named_models import named_model
 
-    if model is not None:
-        if weights is not None or config is not None:
-            fail("give either --model or --weights/--config, not both")
-        nm = named_model(model)
-        return (load_mimi(weights=nm.weights, config=nm.config, device=device, num_codebooks=num_codebooks),
-                f"mimi:{model}")
+    from mimi_moshi_cli.mimi_common import check_model_choice
+
+    check_model_choice(model, weights, config)
     if weights is not None and not Path(weights).is_file():
         fail(f"weights file {weights} does not exist")
-    name = f"mimi:{Path(weights).name}" if weights else "mimi:official"
-    return load_mimi(weights=weights, config=config, device=device, num_codebooks=num_codebooks), name
+    name = f"mimi:{model}" if model else f"mimi:{Path(weights).name}" if weights else "mimi:official"
+    return load_mimi(weights=weights, config=config, device=device, num_codebooks=num_codebooks,
+                     model=model), name
 
 
 @click.command("eval")
