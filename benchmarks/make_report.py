@@ -8,9 +8,10 @@ With several files (e.g. the streaming and the whole-file suites run one after t
 a later file's workload replaces an earlier one of the same name.
 
 The tables replace what lies between `<!-- bench:begin -->` and `<!-- bench:end -->` in
-the doc (`--marker NAME`: between `<!-- NAME:begin -->` and `<!-- NAME:end -->`, so one doc
-can hold several runs, e.g. one per thread count) (the rest of it is written by hand); every number comes from the JSON, i.e. from
-one run in which all implementations were measured interleaved on the same machine.
+the doc, the rest of which is written by hand (`--marker NAME`: between `<!-- NAME:begin -->`
+and `<!-- NAME:end -->`, so one doc can hold several runs, e.g. one per thread count); every
+number comes from the JSON, i.e. from one run in which all implementations were measured
+interleaved on the same machine.
 """
 
 from __future__ import annotations

@@ -26,10 +26,7 @@ def latent(model, wav: torch.Tensor) -> torch.Tensor:
     state = model.init_state(1).encoder
     step = model.chunk_frames * model.frame_size
     out = []
-    for i in range(0, wav.shape[-1], step):
-        e = model.encoder(wav[..., i:i + step], state.seanet)
-        e = model.encoder_transformer(e, state.transformer)
-        out.append(model.downsample(e, state.downsample))
+    out = [model._latent_chunk(wav[..., i:i + step], state) for i in range(0, wav.shape[-1], step)]
     return torch.cat(out, -1)
 
 

@@ -253,11 +253,14 @@ class MimiModel(nn.Module):
                              f"{self._stream.batch_size}")
 
     # --------------------------------------------------------------------- encode
-    def _encode_chunk(self, x: torch.Tensor, state: EncoderState, n_q: int) -> torch.Tensor:
+    def _latent_chunk(self, x: torch.Tensor, state: EncoderState) -> torch.Tensor:
+        """[B, 1, T] audio -> [B, D, T / frame_size] the latent the quantizer encodes."""
         emb = self.encoder(x, state.seanet)
         emb = self.encoder_transformer(emb, state.transformer)
-        emb = self.downsample(emb, state.downsample)
-        return self.quantizer.encode(emb, n_q)
+        return self.downsample(emb, state.downsample)
+
+    def _encode_chunk(self, x: torch.Tensor, state: EncoderState, n_q: int) -> torch.Tensor:
+        return self.quantizer.encode(self._latent_chunk(x, state), n_q)
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, num_codebooks: int | None = None) -> torch.Tensor:

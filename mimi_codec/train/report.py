@@ -41,6 +41,11 @@ def score(fn: Any, refs: list[np.ndarray], visqol: bool) -> dict[str, float | No
     return {k: _mean(rows, k) for k in METRICS}
 
 
+def _step(snapshot: Path) -> int:
+    """The training step in a snapshot's name (model_step0001234.safetensors -> 1234)."""
+    return int(re.findall(r"\d+", snapshot.stem)[-1])
+
+
 def evaluate_run(run: Path, data: list[str], visqol: bool = True, every: int = 1,
                  min_step: int = 0) -> dict[str, Any]:
     """Score every snapshot of a run (and Codec2 1200 / Opus 6k) on held-out audio.
@@ -60,10 +65,10 @@ def evaluate_run(run: Path, data: list[str], visqol: bool = True, every: int = 1
     out["baselines"]["codec2-1200"] = score(codec2_roundtrip, refs, visqol)
     out["baselines"]["opus-6k"] = score(opus_roundtrip, refs, visqol)
     snaps = [p for p in sorted((run / "snapshots").glob("model_step*.safetensors"))
-             if int(re.findall(r"\d+", p.stem)[-1]) >= min_step]
+             if _step(p) >= min_step]
     picked = snaps[::every] + ([snaps[-1]] if snaps and (len(snaps) - 1) % every else [])
     for snap in picked:
-        step = int(re.findall(r"\d+", snap.stem)[-1])
+        step = _step(snap)
         model = load_mimi(snap, run / "config.json")
         out["snapshots"].append({"step": step, **score(lambda x: mimi_roundtrip(model, x), refs, visqol)})
     return out
