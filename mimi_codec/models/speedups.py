@@ -27,6 +27,10 @@ class Speedups:
     input_major: bool = False
     cache_distances: bool = True  # the codebook side of the nearest-centroid GEMM built once
     kv_buffer: bool = True  # attention keys/values in preallocated buffers, not a concat per call
+    # the few-row GEMMs (transformer linears, matmul_conv) through oneDNN with each weight
+    # prepacked once: 1.3x (1 thread) to 2x (2 threads) faster weight reads than MKL on
+    # the AMD EPYC machines; costs a second copy of those weights in memory
+    packed_gemm: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -57,6 +61,7 @@ class Speedups:
 def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
     """Set the per-module switches of `model` (its convolutions, attentions and codebooks)."""
     from ..modules.conv import CausalConv1d, CausalConvTranspose1d
+    from ..modules.gemm import Linear
     from ..modules.transformer import SelfAttention
     from ..quantization.codebook import Codebook
 
@@ -64,6 +69,8 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
         if isinstance(m, nn.Linear) or (isinstance(m, CausalConv1d) and m.groups == 1
                                         and m.weight.numel() >= INPUT_MAJOR_MIN_CONV):
             _set_layout(m.weight, speedups.input_major)
+        if isinstance(m, (CausalConv1d, CausalConvTranspose1d, Linear)):
+            m.packed_gemm = speedups.packed_gemm
         if isinstance(m, (CausalConv1d, CausalConvTranspose1d)):
             m.matmul_small = speedups.matmul_conv
         elif isinstance(m, Codebook):

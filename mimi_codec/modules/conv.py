@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import gemm
+
 #: Convolutions whose output has at most this many steps run as one matmul when
 #: `matmul_small` is on (streaming calls: 1..16 steps at the low-rate, wide layers).
 MATMUL_MAX_STEPS = 64
@@ -69,6 +71,9 @@ class CausalConv1d(nn.Conv1d):
         self.context = (kernel_size - 1) * dilation + 1 - stride
         #: speedup switch: short outputs as unfold + one matmul instead of F.conv1d.
         self.matmul_small = False
+        #: speedup switch: that matmul with the weight prepacked for oneDNN (see gemm.py).
+        self.packed_gemm = False
+        self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvState:
         """A fresh state for `batch_size` streams."""
@@ -108,7 +113,10 @@ class CausalConv1d(nn.Conv1d):
             win = win[..., ::d]
         B, C, T, _ = win.shape
         cols = win.permute(0, 2, 1, 3).reshape(B, T, C * k)
-        y = F.linear(cols, self.weight.view(self.out_channels, C * k), self.bias)  # [B, T_out, C_out]
+        if self.packed_gemm and gemm.usable(cols, self.weight):
+            y = gemm.linear(cols, self._packed.get(self.weight, _out_by_rest), self.bias)
+        else:
+            y = F.linear(cols, self.weight.view(self.out_channels, C * k), self.bias)  # [B, T_out, C_out]
         return y.transpose(1, 2)
 
 
@@ -128,6 +136,9 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
             raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
         #: speedup switch: short inputs as one matmul + overlap-add instead of F.conv_transpose1d.
         self.matmul_small = False
+        #: speedup switch: that matmul with the weight prepacked for oneDNN (see gemm.py).
+        self.packed_gemm = False
+        self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvTrState:
         """A fresh state for `batch_size` streams."""
@@ -166,7 +177,11 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         s, k = self.stride[0], self.kernel_size[0]
         n = k // s
         co = self.out_channels
-        z = torch.matmul(x.transpose(1, 2), self.weight.view(self.in_channels, co * k))
+        xt = x.transpose(1, 2)  # [B, T, C_in]
+        if self.packed_gemm and gemm.usable(xt, self.weight):
+            z = gemm.linear(xt, self._packed.get(self.weight, _rest_by_in), None)
+        else:
+            z = torch.matmul(xt, self.weight.view(self.in_channels, co * k))
         z = z.view(B, T, co, n, s)
         y = z.new_zeros(B, T + n - 1, co, s)
         for j in range(n):
@@ -175,3 +190,13 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         if self.bias is not None:
             y = y + self.bias[:, None]
         return y
+
+
+def _out_by_rest(w: torch.Tensor) -> torch.Tensor:
+    """Conv weight [C_out, C_in, K] as the [C_out, C_in * K] matrix of its GEMM."""
+    return w.reshape(w.shape[0], -1)
+
+
+def _rest_by_in(w: torch.Tensor) -> torch.Tensor:
+    """Transposed-conv weight [C_in, C_out, K] as the [C_out * K, C_in] matrix of its GEMM."""
+    return w.reshape(w.shape[0], -1).t()

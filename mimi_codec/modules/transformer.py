@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import TransformerConfig
+from .gemm import Linear
 
 
 def rope_tables(T: int, offset: int, dim: int, max_period: float,
@@ -183,8 +184,8 @@ class SelfAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.context = cfg.context
         self.max_period = cfg.max_period
-        self.in_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.in_proj = Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out_proj = Linear(cfg.d_model, cfg.d_model, bias=False)
         #: speedup switch: keys and values in preallocated buffers instead of a concat per call.
         self.kv_buffer = False
 
@@ -239,8 +240,8 @@ class TransformerLayer(nn.Module):
         self.self_attn = SelfAttention(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=1e-5)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=1e-5)
-        self.linear1 = nn.Linear(cfg.d_model, cfg.dim_feedforward, bias=False)
-        self.linear2 = nn.Linear(cfg.dim_feedforward, cfg.d_model, bias=False)
+        self.linear1 = Linear(cfg.d_model, cfg.dim_feedforward, bias=False)
+        self.linear2 = Linear(cfg.dim_feedforward, cfg.d_model, bias=False)
         scale = cfg.layer_scale
         self.layer_scale_1: nn.Module = nn.Identity() if scale is None else LayerScale(cfg.d_model, scale)
         self.layer_scale_2: nn.Module = nn.Identity() if scale is None else LayerScale(cfg.d_model, scale)
@@ -257,13 +258,13 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.input_proj: nn.Linear | None = (
+        self.input_proj: Linear | None = (
             None if cfg.input_dimension == cfg.d_model
-            else nn.Linear(cfg.input_dimension, cfg.d_model, bias=False))
+            else Linear(cfg.input_dimension, cfg.d_model, bias=False))
         self.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
         out_dim = cfg.output_dimensions[0]
-        self.output_proj: nn.Linear | None = (
-            None if out_dim == cfg.d_model else nn.Linear(cfg.d_model, out_dim, bias=False))
+        self.output_proj: Linear | None = (
+            None if out_dim == cfg.d_model else Linear(cfg.d_model, out_dim, bias=False))
 
     def init_state(self, batch_size: int, ring: bool = False) -> TransformerState:
         """A fresh state for `batch_size` streams (`ring`: see AttentionState)."""

@@ -1,0 +1,90 @@
+"""The `packed_gemm` speedup: oneDNN with prepacked weights computes the plain GEMM (to
+rounding), follows weight changes, and stays out of the way where it does not apply."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from mimi_codec.modules import gemm
+from mimi_codec.modules.conv import CausalConv1d, CausalConvTranspose1d
+
+pytestmark = pytest.mark.skipif(not gemm.available(), reason="this PyTorch build has no oneDNN")
+
+
+def _linear(n_in: int = 64, n_out: int = 48, bias: bool = True) -> gemm.Linear:
+    torch.manual_seed(0)
+    lin = gemm.Linear(n_in, n_out, bias=bias)
+    lin.packed_gemm = True
+    return lin
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape", [(1, 64), (2, 64), (1, 2, 64), (3, 5, 64)])
+def test_packed_linear_equals_f_linear(shape) -> None:
+    lin = _linear()
+    x = torch.randn(*shape)
+    out = lin(x)
+    assert lin._packed._packed is not None  # the packed path ran
+    torch.testing.assert_close(out, F.linear(x, lin.weight, lin.bias), atol=1e-6, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_repacks_when_the_weight_changes() -> None:
+    lin = _linear(bias=False)
+    x = torch.randn(2, 64)
+    first = lin(x)
+    lin.weight.mul_(2)  # in place: the version counter moves
+    torch.testing.assert_close(lin(x), 2 * first, atol=1e-6, rtol=1e-6)
+    lin.load_state_dict({"weight": torch.zeros(48, 64)})
+    assert torch.equal(lin(x), torch.zeros(2, 48))
+    lin.weight = torch.nn.Parameter(torch.ones(48, 64))  # a new tensor altogether
+    torch.testing.assert_close(lin(x), x.sum(-1, keepdim=True).expand(2, 48), atol=1e-5, rtol=1e-6)
+
+
+def test_not_used_with_autograd_many_rows_or_other_dtypes() -> None:
+    lin = _linear()
+    x = torch.randn(2, 64, requires_grad=True)
+    lin(x).sum().backward()  # autograd on: the plain op, gradients flow
+    assert x.grad is not None and lin.weight.grad is not None
+    assert lin._packed._packed is None
+    with torch.no_grad():
+        lin(torch.randn(gemm.PACKED_MAX_ROWS + 1, 64))  # a whole-file sized call
+        assert lin._packed._packed is None
+        lin.double()(torch.randn(2, 64, dtype=torch.float64))
+        assert lin._packed._packed is None
+        assert gemm.usable(torch.randn(gemm.PACKED_MAX_ROWS, 64), lin.weight.float())
+
+
+@torch.no_grad()
+def test_copies_pack_again() -> None:
+    lin = _linear()
+    x = torch.randn(2, 64)
+    ref = lin(x)
+    for twin in (copy.deepcopy(lin), pickle.loads(pickle.dumps(lin))):
+        assert twin._packed._packed is None
+        torch.testing.assert_close(twin(x), ref, atol=0, rtol=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cin,cout,k,stride,steps", [(16, 24, 3, 1, 5), (32, 16, 16, 8, 2), (8, 32, 12, 6, 1)])
+def test_packed_conv_and_transposed_conv(cin, cout, k, stride, steps) -> None:
+    torch.manual_seed(0)
+    conv = CausalConv1d(cin, cout, k, stride=stride)
+    conv.matmul_small = True
+    x = torch.randn(1, cin, steps * stride)
+    ref = F.conv1d(F.pad(x, (conv.context, 0)), conv.weight, conv.bias, stride)
+    conv.packed_gemm = True
+    torch.testing.assert_close(conv(x), ref, atol=1e-5, rtol=1e-5)
+    assert conv._packed._packed is not None
+
+    tr = CausalConvTranspose1d(cin, cout, 2 * stride, stride=stride)
+    tr.matmul_small = tr.packed_gemm = True
+    y = torch.randn(1, cin, steps)
+    full = F.conv_transpose1d(y, tr.weight, tr.bias, stride)
+    torch.testing.assert_close(tr(y), full[..., : steps * stride], atol=1e-5, rtol=1e-5)
+    assert tr._packed._packed is not None
