@@ -175,9 +175,11 @@ def stream_timings(model: Any, wav: np.ndarray, warmup: int = 3) -> StreamTiming
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads for this run (default: torch's own choice).")
 @click.option("--no-speedups", is_flag=True, help="Run the plain, unoptimised streaming path.")
+@click.option("--decoder-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: the decoder reads float16 weights (see `mimi decode --help`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def bench(weights: Path | None, config: str | None, input_path: Path | None, seconds: float,
-          threads: int | None, no_speedups: bool, as_json: bool) -> None:
+          threads: int | None, no_speedups: bool, decoder_precision: str, as_json: bool) -> None:
     """Stream audio frame by frame through encode + decode and print the real-time factor."""
     import json
 
@@ -193,6 +195,7 @@ def bench(weights: Path | None, config: str | None, input_path: Path | None, sec
         model = random_mimi(0, config)
     if no_speedups:
         model.set_speedups(None)
+    model.set_decoder_precision(decoder_precision)
     if input_path is not None:
         from mimi_codec.audio import load_audio
 
@@ -202,12 +205,14 @@ def bench(weights: Path | None, config: str | None, input_path: Path | None, sec
     t = stream_timings(model, wav)
     s = t.summary()
     s["threads"] = float(torch.get_num_threads())
+    s["decoder_fp16"] = float(decoder_precision == "fp16")
     if as_json:
         click.echo(json.dumps(s, indent=1))
         return
     n = int(s["frames"])
     click.echo(f"Mimi streaming, {n} frames of 80 ms ({n * 0.08:.2f} s), batch 1, "
-               f"{torch.get_num_threads()} threads, speedups {'off' if no_speedups else 'on'}")
+               f"{torch.get_num_threads()} threads, speedups {'off' if no_speedups else 'on'}, "
+               f"decoder {decoder_precision}")
     for name in ("encode", "decode", "total"):
         click.echo(f"  {name:7s} per frame: median {s[f'{name}_p50_ms']:7.2f} ms   "
                    f"p90 {s[f'{name}_p90_ms']:7.2f} ms   p99 {s[f'{name}_p99_ms']:7.2f} ms")

@@ -21,6 +21,7 @@ from mimi_moshi_cli.mimi_common import (
     check_header_matches_model,
     check_model_choice,
     common_options,
+    decoder_precision_option,
     is_stdio,
     load_model,
     model_options,
@@ -124,10 +125,11 @@ sample_rate_option = click.option(
 @click.argument("out", metavar="OUT.wav")
 @sample_rate_option
 @click.option("--salvage", is_flag=True, help="Decode every intact frame of a damaged file instead of failing.")
+@decoder_precision_option
 @model_options
 @common_options
 def decode(
-    src: str, out: str, sample_rate: int | None, salvage: bool,
+    src: str, out: str, sample_rate: int | None, salvage: bool, decoder_precision: str,
     model_name: str | None, weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
 ) -> None:
     """Decode a .mimi file to audio (24 kHz wav by default; .flac/.ogg by extension).
@@ -155,6 +157,7 @@ def decode(
             model_name = shipped.name
             say(quiet, f"{label} was made with the shipped model {shipped.name!r}; decoding with it")
         model, name = load_model(weights, config, device, model_name=model_name)
+        model.set_decoder_precision(decoder_precision)
         wav = decode_stream(model, reader, label, quiet)
     header = reader.header
     _check_model_field(header.model, name, label)
@@ -172,10 +175,11 @@ def decode(
 @click.option("-q", "--codebooks", type=click.IntRange(1, 32), default=8, show_default=True,
               help="Codebooks per frame: 8 = 1.1 kbps, 32 = 4.4 kbps.")
 @sample_rate_option
+@decoder_precision_option
 @model_options
 @common_options
 def roundtrip(
-    src: str, out: str, codebooks: int, sample_rate: int | None,
+    src: str, out: str, codebooks: int, sample_rate: int | None, decoder_precision: str,
     model_name: str | None, weights: str | None, config: str | None, device: str, force: bool, quiet: bool,
 ) -> None:
     """Encode to .mimi and decode back in one go; prints the bitrate and the .mimi size.
@@ -192,6 +196,7 @@ def roundtrip(
     check_model_choice(model_name, weights, config)
     _precheck(src, out, force)
     model, name = load_model(weights, config, device, codebooks, model_name)
+    model.set_decoder_precision(decoder_precision)
     with tempfile.TemporaryDirectory(prefix="mimi-roundtrip-") as tmpdir:
         # the codes go through a real .mimi file, as `encode` then `decode` would
         mimi_path = str(Path(tmpdir) / "codes.mimi")

@@ -95,6 +95,7 @@ class MimiModel(nn.Module):
         self.chunk_frames = DEFAULT_CHUNK_FRAMES
         self._stream: MimiState | None = None
         self._speedups = Speedups()
+        self._decoder_precision = "fp32"
         apply_speedups(self, self._speedups)
         # loading replaces the parameters (assign=True) or their values: lay them out again
         self.register_load_state_dict_post_hook(lambda module, _keys: apply_speedups(module, module._speedups))
@@ -161,6 +162,35 @@ class MimiModel(nn.Module):
             raise ValueError("set_speedups() inside streaming(): leave the streaming context first")
         self._speedups = speedups
         apply_speedups(self, speedups)
+
+    @property
+    def decoder_precision(self) -> str:
+        """"fp32" (default) or "fp16": see `set_decoder_precision`."""
+        return self._decoder_precision
+
+    def set_decoder_precision(self, precision: str) -> None:
+        """Let the decoder's weight-bound GEMMs read float16 weights ("fp16") or not ("fp32").
+
+        With "fp16" the decoder transformer and the decoder's few-step convolutions (those the
+        `matmul_conv` speedup runs as one GEMM: all of a streamed frame's wide layers) multiply
+        fp32 activations by float16 copies of their weights, accumulating in fp32 (FBGEMM,
+        x86-64 CPU inference). They read half the bytes: streamed decoding gets about 1.5x
+        faster (docs/performance.md). Codes never change (encoding does not use the decoder);
+        the audio does, by about 1e-3 relative (docs/performance.md gives the measured SNR).
+
+        Args:
+            precision: "fp32" or "fp16".
+        Raises:
+            ValueError: another value, or "fp16" on a PyTorch build without FBGEMM.
+        """
+        from ..modules.gemm import check_precision
+
+        precision = check_precision(precision)
+        for part in (self.upsample, self.decoder_transformer, self.decoder):
+            for m in part.modules():
+                if hasattr(m, "gemm_precision"):
+                    m.gemm_precision = precision
+        self._decoder_precision = precision
 
     @property
     def is_streaming(self) -> bool:

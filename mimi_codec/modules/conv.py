@@ -73,6 +73,8 @@ class CausalConv1d(nn.Conv1d):
         self.matmul_small = False
         #: speedup switch: that matmul with the weight prepacked for oneDNN (see gemm.py).
         self.packed_gemm = False
+        #: "fp16": that matmul with float16 weights (changes results; see gemm.py).
+        self.gemm_precision = "fp32"
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvState:
@@ -113,9 +115,9 @@ class CausalConv1d(nn.Conv1d):
             win = win[..., ::d]
         B, C, T, _ = win.shape
         cols = win.permute(0, 2, 1, 3).reshape(B, T, C * k)
-        if self.packed_gemm and gemm.usable(cols, self.weight):
-            y = gemm.linear(cols, self._packed.get(self.weight, _out_by_rest), self.bias)
-        else:
+        y = gemm.fast_linear(cols, self.weight, self.bias, self._packed, _out_by_rest, self.packed_gemm,
+                             self.gemm_precision)
+        if y is None:
             y = F.linear(cols, self.weight.view(self.out_channels, C * k), self.bias)  # [B, T_out, C_out]
         return y.transpose(1, 2)
 
@@ -138,6 +140,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         self.matmul_small = False
         #: speedup switch: that matmul with the weight prepacked for oneDNN (see gemm.py).
         self.packed_gemm = False
+        #: "fp16": that matmul with float16 weights (changes results; see gemm.py).
+        self.gemm_precision = "fp32"
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvTrState:
@@ -178,9 +182,9 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         n = k // s
         co = self.out_channels
         xt = x.transpose(1, 2)  # [B, T, C_in]
-        if self.packed_gemm and gemm.usable(xt, self.weight):
-            z = gemm.linear(xt, self._packed.get(self.weight, _rest_by_in), None)
-        else:
+        z = gemm.fast_linear(xt, self.weight, None, self._packed, _rest_by_in, self.packed_gemm,
+                             self.gemm_precision)
+        if z is None:
             z = torch.matmul(xt, self.weight.view(self.in_channels, co * k))
         z = z.view(B, T, co, n, s)
         y = z.new_zeros(B, T + n - 1, co, s)

@@ -11,8 +11,15 @@ Only calls of at most `PACKED_MAX_ROWS` rows take it: whole-file chunks (50 rows
 gain nothing from it here, so they neither pay for nor keep the packed copies.
 
 It is plain fp32 arithmetic in another summation order: results move at rounding level
-(~1e-7 relative), codes stay those of the plain path. Inference only: with autograd on,
-on another device or dtype, or where PyTorch lacks oneDNN, the plain `F.linear` runs.
+(~1e-7 relative), codes stay those of the plain path.
+
+A module can also be told `gemm_precision = "fp16"`: its GEMMs then read float16 copies of
+the weights (FBGEMM, activations and accumulation in fp32), half the bytes again, at any
+row count. That changes results (~1e-3 relative), so MimiModel offers it only for the
+decoder (`set_decoder_precision`), which never changes codes.
+
+Inference only: with autograd on, on another device or dtype, or where PyTorch lacks the
+kernel, the plain op runs (`fast_linear` returns None).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from torch.nn import functional as F
 PACKED_MAX_ROWS = 16
 
 
+PRECISIONS = ("fp32", "fp16")
+
+
 @functools.cache
 def available() -> bool:
     """True when this PyTorch build has oneDNN's prepacked fp32 linear (x86-64 and arm64 wheels)."""
@@ -40,28 +50,57 @@ def available() -> bool:
         return False
 
 
+@functools.cache
+def fp16_available() -> bool:
+    """True when this PyTorch build has FBGEMM's float16-weight linear (x86-64 wheels)."""
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.ones(3, 4), None)
+        y = torch.ops.quantized.linear_dynamic_fp16(torch.ones(2, 4), packed)
+        return bool(torch.equal(y, torch.full((2, 3), 4.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def check_precision(precision: object) -> str:
+    """`precision` if it is one of PRECISIONS and this build can run it, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
+    if precision == "fp16" and not fp16_available():
+        raise ValueError("precision 'fp16' needs PyTorch's FBGEMM kernels (x86-64 CPU builds); "
+                         "this build has none: use 'fp32'")
+    return str(precision)
+
+
 class PackedWeight:
-    """A weight in oneDNN's prepacked layout, repacked when its source tensor changes.
+    """A weight packed for a fast GEMM kernel, repacked when its source tensor changes.
 
     Not part of the state dict; copying a module gives a copy that packs again on first use.
     """
 
     def __init__(self) -> None:
-        self._packed: torch.Tensor | None = None
+        self._packed: object = None
         self._key: tuple[object, ...] = ()
 
-    def get(self, source: torch.Tensor, as_out_in: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def get(self, source: torch.Tensor, as_out_in: Callable[[torch.Tensor], torch.Tensor],
+            precision: str = "fp32", bias: torch.Tensor | None = None) -> object:
         """The packed form of `as_out_in(source)`.
 
         Args:
             source: the module's weight parameter (its storage and version key the cache).
             as_out_in: maps it to the [N, K] matrix of y = x @ W^T.
+            precision: "fp32" (oneDNN layout) or "fp16" (FBGEMM, with `bias` packed in).
+            bias: [N] or None, for "fp16".
         Returns:
-            the packed [N, K] weight for `linear`.
+            the packed weight, for `fast_linear`.
         """
-        key = (source.data_ptr(), source._version, source.shape, source.stride())
+        key = (precision, *_tensor_key(source), *(_tensor_key(bias) if bias is not None else ()))
         if self._packed is None or key != self._key:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(as_out_in(source.detach()).contiguous())
+            w = as_out_in(source.detach()).contiguous()
+            if precision == "fp16":
+                b = None if bias is None else bias.detach()
+                self._packed = torch.ops.quantized.linear_prepack_fp16(w, b)
+            else:
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(w)
             self._key = key
         return self._packed
 
@@ -75,25 +114,34 @@ class PackedWeight:
         self.__init__()  # type: ignore[misc]
 
 
-def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the packed path applies: a few-row ([..., K] with at most `PACKED_MAX_ROWS`
-    rows) CPU fp32 inference call, and a oneDNN build."""
-    return (x.numel() <= PACKED_MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and available())
+def _tensor_key(t: torch.Tensor) -> tuple[object, ...]:
+    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype)
 
 
-def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x @ W^T + b with W prepacked by `PackedWeight.get`.
+def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cache: PackedWeight,
+                as_out_in: Callable[[torch.Tensor], torch.Tensor], packed: bool,
+                precision: str = "fp32") -> torch.Tensor | None:
+    """y = x @ W^T + b through a packed kernel, or None where none applies (run the plain op).
 
     Args:
-        x: [..., K] float32 on the CPU.
-        packed: the packed [N, K] weight.
+        x: [..., K] activations.
+        weight: the module's weight; `as_out_in(weight)` is W, [N, K].
         bias: [N] or None.
+        cache: the module's PackedWeight.
+        packed: the `packed_gemm` switch (fp32 calls of at most PACKED_MAX_ROWS rows).
+        precision: "fp16" takes FBGEMM's float16-weight kernel at any row count.
     Returns:
-        [..., N]
+        [..., N], or None.
     """
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+            or weight.dtype != torch.float32):
+        return None
+    if precision == "fp16":
+        return torch.ops.quantized.linear_dynamic_fp16(x, cache.get(weight, as_out_in, "fp16", bias))
+    if packed and x.numel() <= PACKED_MAX_ROWS * x.shape[-1] and available():
+        w = cache.get(weight, as_out_in)
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    return None
 
 
 def _identity(w: torch.Tensor) -> torch.Tensor:
@@ -101,16 +149,19 @@ def _identity(w: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict names) with the `packed_gemm` switch."""
+    """nn.Linear (same parameters and state-dict names) with the `packed_gemm` switch and a
+    `gemm_precision` ("fp32" or "fp16")."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        #: speedup switch: y = x W^T through oneDNN with W prepacked (inference on the CPU).
+        #: speedup switch: y = x W^T through oneDNN with W prepacked (few-row inference calls).
         self.packed_gemm = False
+        #: "fp16": float16 weights (changes results; see the module docstring).
+        self.gemm_precision = "fp32"
         self._packed = PackedWeight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in_features] -> [..., out_features]"""
-        if self.packed_gemm and usable(x, self.weight):
-            return linear(x, self._packed.get(self.weight, _identity), self.bias)
-        return F.linear(x, self.weight, self.bias)
+        y = fast_linear(x, self.weight, self.bias, self._packed, _identity, self.packed_gemm,
+                        self.gemm_precision)
+        return F.linear(x, self.weight, self.bias) if y is None else y

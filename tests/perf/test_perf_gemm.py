@@ -1,5 +1,6 @@
 """The `packed_gemm` speedup: oneDNN with prepacked weights computes the plain GEMM (to
-rounding), follows weight changes, and stays out of the way where it does not apply."""
+rounding), follows weight changes, and stays out of the way where it does not apply; and the
+float16-weight GEMMs of `gemm_precision = "fp16"` (the decoder's option)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_not_used_with_autograd_many_rows_or_other_dtypes() -> None:
         assert lin._packed._packed is None
         lin.double()(torch.randn(2, 64, dtype=torch.float64))
         assert lin._packed._packed is None
-        assert gemm.usable(torch.randn(gemm.PACKED_MAX_ROWS, 64), lin.weight.float())
+        lin.float()(torch.randn(gemm.PACKED_MAX_ROWS, 64))  # the largest call it serves
+        assert lin._packed._packed is not None
 
 
 @torch.no_grad()
@@ -88,3 +90,30 @@ def test_packed_conv_and_transposed_conv(cin, cout, k, stride, steps) -> None:
     full = F.conv_transpose1d(y, tr.weight, tr.bias, stride)
     torch.testing.assert_close(tr(y), full[..., : steps * stride], atol=1e-5, rtol=1e-5)
     assert tr._packed._packed is not None
+
+
+fp16_only = pytest.mark.skipif(not gemm.fp16_available(), reason="this PyTorch build has no FBGEMM")
+
+
+@fp16_only
+@torch.no_grad()
+@pytest.mark.parametrize("rows", [1, 2, 50])
+def test_fp16_linear_reads_float16_weights(rows: int) -> None:
+    lin = _linear()
+    lin.gemm_precision = "fp16"
+    x = torch.randn(rows, 64)
+    out = lin(x)
+    half = F.linear(x, lin.weight.half().float(), lin.bias)  # what float16 weights compute
+    torch.testing.assert_close(out, half, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(out, F.linear(x, lin.weight, lin.bias))
+    lin.bias.add_(1.0)  # the bias is packed with the weight: an edit must repack
+    torch.testing.assert_close(lin(x), half + 1.0, atol=1e-5, rtol=1e-5)
+
+
+def test_precision_checks(monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"expected one of \['fp32', 'fp16'\]"):
+        gemm.check_precision("bf16")
+    monkeypatch.setattr(gemm, "fp16_available", lambda: False)
+    with pytest.raises(ValueError, match="FBGEMM"):
+        gemm.check_precision("fp16")
+    assert gemm.check_precision("fp32") == "fp32"
