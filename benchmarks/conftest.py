@@ -114,6 +114,20 @@ def ours_plain(bench_setup: BenchSetup) -> Ours:
 
 
 @pytest.fixture(scope="session")
+def ours_fp16_decoder(bench_setup: BenchSetup) -> list[Ours]:
+    """Our default model with the decoder's float16 weights (`set_decoder_precision("fp16")`),
+    where this PyTorch build has the kernels (else no such implementation)."""
+    from mimi_codec import load_mimi
+    from mimi_codec.modules.gemm import fp16_available
+
+    if not fp16_available():
+        return []
+    model = load_mimi(bench_setup.weights)
+    model.set_decoder_precision("fp16")
+    return [Ours("ours-decoder-fp16", model, bench_setup.wav)]
+
+
+@pytest.fixture(scope="session")
 def peers(request: pytest.FixtureRequest, bench_setup: BenchSetup) -> list[Peer]:
     """The peer implementations available (an empty list is fine: no comparison)."""
     started = [Peer(name, bench_setup.weights, bench_setup.wav_npy, bench_setup.threads, bench_setup.tmp)
