@@ -73,6 +73,8 @@ class CausalConv1d(nn.Conv1d):
         self.matmul_small = False
         #: speedup switch: that matmul with the weight prepacked for oneDNN (see gemm.py).
         self.packed_gemm = False
+        #: speedup switch: that matmul through the numba kernel when it has 1-4 rows (gemm.py).
+        self.numba_gemm = False
         #: "fp16": that matmul with float16 weights (changes results; see gemm.py).
         self.gemm_precision = "fp32"
         self._packed = gemm.PackedWeight()
@@ -116,7 +118,7 @@ class CausalConv1d(nn.Conv1d):
         B, C, T, _ = win.shape
         cols = win.permute(0, 2, 1, 3).reshape(B, T, C * k)
         y = gemm.fast_linear(cols, self.weight, self.bias, self._packed, _out_by_rest, self.packed_gemm,
-                             self.gemm_precision)
+                             self.gemm_precision, self.numba_gemm)
         if y is None:
             y = F.linear(cols, self.weight.view(self.out_channels, C * k), self.bias)  # [B, T_out, C_out]
         return y.transpose(1, 2)
@@ -140,6 +142,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         self.matmul_small = False
         #: speedup switch: that matmul with the weight prepacked for oneDNN (see gemm.py).
         self.packed_gemm = False
+        #: speedup switch: that matmul through the numba kernel when it has 1-4 rows (gemm.py).
+        self.numba_gemm = False
         #: "fp16": that matmul with float16 weights (changes results; see gemm.py).
         self.gemm_precision = "fp32"
         self._packed = gemm.PackedWeight()
@@ -183,7 +187,7 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         co = self.out_channels
         xt = x.transpose(1, 2)  # [B, T, C_in]
         z = gemm.fast_linear(xt, self.weight, None, self._packed, _rest_by_in, self.packed_gemm,
-                             self.gemm_precision)
+                             self.gemm_precision, self.numba_gemm)
         if z is None:
             z = torch.matmul(xt, self.weight.view(self.in_channels, co * k))
         z = z.view(B, T, co, n, s)

@@ -41,7 +41,7 @@ def test_fp16_decoder_keeps_codes_and_audio_close(tiny, fixtures_dir) -> None:
             whole16 = tiny.decode(codes16)
         # the decoder's GEMM layers took float16 weights; the encoder's did not
         lin = tiny.decoder_transformer.layers[0].linear1
-        assert lin.gemm_precision == "fp16" and isinstance(lin._packed._packed, torch.ScriptObject)
+        assert lin.gemm_precision == "fp16" and isinstance(lin._packed._packed["fp16"][1], torch.ScriptObject)
         assert tiny.encoder_transformer.layers[0].linear1.gemm_precision == "fp32"
     finally:
         tiny.set_decoder_precision("fp32")
