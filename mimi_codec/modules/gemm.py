@@ -46,7 +46,7 @@ PACKED_MAX_ROWS = 16
 #: The numba kernel serves GEMMs of at most this many rows (above, oneDNN is as fast).
 NUMBA_MAX_ROWS = 4
 
-_numba_lock = threading.Lock()  # numba's "workqueue" threading layer is not thread-safe
+_numba_lock = threading.Lock()
 
 
 PRECISIONS = ("fp32", "fp16")
@@ -86,16 +86,22 @@ def numba_kernel() -> Callable[..., None] | None:
 
 
 def _numba_linear(x: torch.Tensor, w: "np.ndarray", bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ w^T (+ bias) with the numba kernel, on as many threads as torch uses."""
     import numba
     import numpy as np
+
+    from ._numba_gemm import few_rows_gemm, few_rows_gemm_parallel
 
     rows = x.numel() // x.shape[-1]
     xs = x.reshape(rows, x.shape[-1]).contiguous().numpy()
     out = np.empty((rows, w.shape[0]), dtype=np.float32)
-    kernel = numba_kernel()
-    with _numba_lock:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(w, xs, out)
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads <= 1:
+        few_rows_gemm(w, xs, out, 0, w.shape[0])
+    else:
+        with _numba_lock:  # numba's "workqueue" layer (where OpenMP is missing) is not thread-safe
+            numba.set_num_threads(threads)
+            few_rows_gemm_parallel(w, xs, out)
     y = torch.from_numpy(out)
     if bias is not None:
         y.add_(bias)
