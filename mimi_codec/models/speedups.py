@@ -32,8 +32,8 @@ class Speedups:
     # the AMD EPYC machines; costs a second copy of those weights in memory
     packed_gemm: bool = True
     # the 1-4 row GEMMs (a streamed transformer call has 2) through a numba kernel that reads
-    # the weights in place at the memory's pace: 1.2x on streaming with 2 threads on the EPYC
-    # machine; needs the optional numba package (without it: the packed_gemm path)
+    # the weights in place at the memory's pace: 1.2x on streaming with 1 thread, 1.05x with 2,
+    # on the EPYC machine; needs numba (a dependency; where it is missing: the packed_gemm path)
     numba_gemm: bool = True
 
     @classmethod

@@ -10,8 +10,8 @@ and is rebuilt when the weight changes (loading, `.to()`, an in-place edit).
 The `numba_gemm` speedup goes further for calls of at most `NUMBA_MAX_ROWS` rows (a streamed
 transformer call has 2): a small numba kernel (`_numba_gemm.py`) reads the weight in place,
 without a copy, at about the memory's own pace (15 GB/s with 2 threads on the EPYC machine,
-against oneDNN's 8.5). It needs the optional `numba` package; without it those calls take
-the oneDNN path.
+against oneDNN's 8.5). It needs `numba` (a dependency of mimi-codec); where that is
+missing, those calls take the oneDNN path.
 
 Only calls of at most `PACKED_MAX_ROWS` rows take it: whole-file chunks (50 rows and more)
 gain nothing from it here, so they neither pay for nor keep the packed copies.
