@@ -7,14 +7,14 @@ given the weight once in its own blocked layout, reads it about 2x faster with 2
 (docs/performance.md). The `packed_gemm` speedup keeps such a prepacked copy per weight
 and is rebuilt when the weight changes (loading, `.to()`, an in-place edit).
 
+Only calls of at most `PACKED_MAX_ROWS` rows take it: whole-file chunks (50 rows and more)
+gain nothing from it here, so they neither pay for nor keep the packed copies.
+
 The `numba_gemm` speedup goes further for calls of at most `NUMBA_MAX_ROWS` rows (a streamed
 transformer call has 2): a small numba kernel (`_numba_gemm.py`) reads the weight in place,
 without a copy, at about the memory's own pace (15 GB/s with 2 threads on the EPYC machine,
 against oneDNN's 8.5). It needs `numba` (a dependency of mimi-codec); where that is
 missing, those calls take the oneDNN path.
-
-Only calls of at most `PACKED_MAX_ROWS` rows take it: whole-file chunks (50 rows and more)
-gain nothing from it here, so they neither pay for nor keep the packed copies.
 
 It is plain fp32 arithmetic in another summation order: results move at rounding level
 (~1e-7 relative), codes stay those of the plain path.
@@ -77,7 +77,8 @@ def fp16_available() -> bool:
 
 @functools.cache
 def numba_kernel() -> Callable[..., None] | None:
-    """The compiled few-row kernel (`_numba_gemm.few_rows_gemm`), or None without numba."""
+    """The serial few-row kernel (`_numba_gemm.few_rows_gemm`), or None without numba: what
+    `fast_linear` asks to know whether the numba path is there."""
     try:
         from ._numba_gemm import few_rows_gemm
     except ImportError:
@@ -204,8 +205,8 @@ def _identity(w: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict names) with the `packed_gemm` switch and a
-    `gemm_precision` ("fp32" or "fp16")."""
+    """nn.Linear (same parameters and state-dict names) with the `packed_gemm` and
+    `numba_gemm` switches and a `gemm_precision` ("fp32" or "fp16")."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
