@@ -16,6 +16,8 @@ from typing import Any
 import click
 import numpy as np
 
+from mimi_moshi_cli.mimi_common import decoder_precision_option
+
 FRAME = 1920  # samples per Mimi frame at 24 kHz (80 ms)
 SAMPLE_RATE = 24000
 
@@ -175,8 +177,7 @@ def stream_timings(model: Any, wav: np.ndarray, warmup: int = 3) -> StreamTiming
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads for this run (default: torch's own choice).")
 @click.option("--no-speedups", is_flag=True, help="Run the plain, unoptimised streaming path.")
-@click.option("--decoder-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: the decoder reads float16 weights (see `mimi decode --help`).")
+@decoder_precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 def bench(weights: Path | None, config: str | None, input_path: Path | None, seconds: float,
           threads: int | None, no_speedups: bool, decoder_precision: str, as_json: bool) -> None:
