@@ -35,6 +35,10 @@ class Speedups:
     # the weights in place at the memory's pace: 1.2x on streaming with 1 thread, 1.05x with 2,
     # on the EPYC machine; needs numba (a dependency; where it is missing: the packed_gemm path)
     numba_gemm: bool = True
+    # a streamed transformer call of 1-4 rows runs each layer as one numba kernel (norms,
+    # GEMMs, RoPE, cache write, attention, GELU, residuals) instead of ~30 small PyTorch ops;
+    # needs numba and kv_buffer (without either: the unfused layer)
+    fused_layer: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -66,7 +70,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
     """Set the per-module switches of `model` (its convolutions, attentions and codebooks)."""
     from ..modules.conv import CausalConv1d, CausalConvTranspose1d
     from ..modules.gemm import Linear
-    from ..modules.transformer import SelfAttention
+    from ..modules.transformer import SelfAttention, Transformer, TransformerLayer
     from ..quantization.codebook import Codebook
 
     for m in model.modules():
@@ -82,6 +86,10 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.cache_distances = speedups.cache_distances
         elif isinstance(m, SelfAttention):
             m.kv_buffer = speedups.kv_buffer
+        elif isinstance(m, Transformer):
+            m.fused = speedups.fused_layer
+        elif isinstance(m, TransformerLayer):
+            m._fused_weights.forget()
 
 
 def _set_layout(w: nn.Parameter, input_major: bool) -> None:

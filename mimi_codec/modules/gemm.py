@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ PACKED_MAX_ROWS = 16
 NUMBA_MAX_ROWS = 4
 
 _numba_lock = threading.Lock()
+R = TypeVar("R")
 
 
 PRECISIONS = ("fp32", "fp16")
@@ -86,9 +87,21 @@ def numba_kernel() -> Callable[..., None] | None:
     return few_rows_gemm
 
 
+def run_numba(serial: Callable[..., R], parallel: Callable[..., R], *args: object) -> R:
+    """Run a numba kernel on as many threads as torch uses: `serial` with a 1-thread budget
+    (numba then starts no thread pool), else `parallel` on numba's pool, sized per call."""
+    import numba
+
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads <= 1:
+        return serial(*args)
+    with _numba_lock:  # numba's "workqueue" layer (where OpenMP is missing) is not thread-safe
+        numba.set_num_threads(threads)
+        return parallel(*args)
+
+
 def _numba_linear(x: torch.Tensor, w: "np.ndarray", bias: torch.Tensor | None) -> torch.Tensor:
     """x @ w^T (+ bias) with the numba kernel, on as many threads as torch uses."""
-    import numba
     import numpy as np
 
     from ._numba_gemm import few_rows_gemm, few_rows_gemm_parallel
@@ -96,13 +109,7 @@ def _numba_linear(x: torch.Tensor, w: "np.ndarray", bias: torch.Tensor | None) -
     rows = x.numel() // x.shape[-1]
     xs = x.reshape(rows, x.shape[-1]).contiguous().numpy()
     out = np.empty((rows, w.shape[0]), dtype=np.float32)
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if threads <= 1:
-        few_rows_gemm(w, xs, out, 0, w.shape[0])
-    else:
-        with _numba_lock:  # numba's "workqueue" layer (where OpenMP is missing) is not thread-safe
-            numba.set_num_threads(threads)
-            few_rows_gemm_parallel(w, xs, out)
+    run_numba(few_rows_gemm, few_rows_gemm_parallel, w, xs, out)
     y = torch.from_numpy(out)
     if bias is not None:
         y.add_(bias)
@@ -200,7 +207,8 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return None
 
 
-def _identity(w: torch.Tensor) -> torch.Tensor:
+def identity(w: torch.Tensor) -> torch.Tensor:
+    """A Linear's weight is already the [N, K] matrix of its GEMM."""
     return w
 
 
@@ -220,6 +228,6 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in_features] -> [..., out_features]"""
-        y = fast_linear(x, self.weight, self.bias, self._packed, _identity, self.packed_gemm,
+        y = fast_linear(x, self.weight, self.bias, self._packed, identity, self.packed_gemm,
                         self.gemm_precision, self.numba_gemm)
         return F.linear(x, self.weight, self.bias) if y is None else y

@@ -16,7 +16,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import TransformerConfig
+from .fused_layer import FusedWeights, try_fused_layers
 from .gemm import Linear
+
+
+def rope_freqs(dim: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """[D / 2] float32 rotation frequencies: pair i of position p turns by p * freqs[i]."""
+    half = torch.arange(dim // 2, device=device, dtype=torch.float32)
+    return torch.exp(half * (-math.log(max_period) * 2 / dim))
 
 
 def rope_tables(T: int, offset: int, dim: int, max_period: float,
@@ -32,8 +39,7 @@ def rope_tables(T: int, offset: int, dim: int, max_period: float,
         (cos, sin), each [T, D] float32: cos = (cos a_i, cos a_i) and sin = (-sin a_i, sin a_i)
         for each interleaved pair i.
     """
-    half = torch.arange(dim // 2, device=device, dtype=torch.float32)
-    freqs = torch.exp(half * (-math.log(max_period) * 2 / dim))
+    freqs = rope_freqs(dim, max_period, device)
     pos = offset + torch.arange(T, device=device, dtype=torch.float32)
     angle = freqs * pos.view(T, 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -143,19 +149,27 @@ class AttentionState:
             self.value_buf = torch.cat([self.values, v], dim=2) if n else v
             self.start, self.end = 0, n + T
             return self.key_buf, self.value_buf
+        self.reserve(T, room)
+        self.key_buf[:, :, self.end:self.end + T] = k
+        self.value_buf[:, :, self.end:self.end + T] = v
+        self.end += T
+        return self.keys, self.values
+
+    def reserve(self, T: int, room: int) -> None:
+        """Make the buffers hold T more steps after the kept ones (slots end..end+T-1), moving
+        the kept steps to the front or into new buffers of `room` steps (or exactly enough
+        when that is too few) when they do not. Buffered states only."""
+        n = self.end - self.start
         if self.end + T > self.key_buf.shape[2]:
             if n + T > self.key_buf.shape[2]:
-                shape = (*k.shape[:2], max(n + T, room), k.shape[3])
-                keys, values = k.new_empty(shape), v.new_empty(shape)
+                B, H, _, D = self.key_buf.shape
+                shape = (B, H, max(n + T, room), D)
+                keys, values = self.key_buf.new_empty(shape), self.value_buf.new_empty(shape)
             else:
                 keys, values = self.key_buf, self.value_buf
             keys[:, :, :n] = self.keys.clone()
             values[:, :, :n] = self.values.clone()
             self.key_buf, self.value_buf, self.start, self.end = keys, values, 0, n
-        self.key_buf[:, :, self.end:self.end + T] = k
-        self.value_buf[:, :, self.end:self.end + T] = v
-        self.end += T
-        return self.keys, self.values
 
     def keep_last(self, n: int) -> None:
         """Keep only the last n steps for the next call."""
@@ -196,6 +210,10 @@ class SelfAttention(nn.Module):
         empty = torch.zeros(batch_size, self.num_heads, 0, d, device=w.device, dtype=w.dtype)
         return AttentionState(empty, empty.clone(), ring=ring, buffered=self.kv_buffer)
 
+    def room(self, state: AttentionState, T: int) -> int:
+        """Steps a new cache buffer holds when a call of T steps needs one."""
+        return 2 * self.context if self.context is not None else 2 * (state.end - state.start + T)
+
     def forward(self, x: torch.Tensor, step: StepContext, state: AttentionState) -> torch.Tensor:
         """Args:
             x: [B, T, C] normalised input.
@@ -208,7 +226,7 @@ class SelfAttention(nn.Module):
         qkv = self.in_proj(x).view(B, T, 3, self.num_heads, C // self.num_heads)
         q, k = apply_rope(qkv[:, :, :2], step.cos, step.sin).permute(2, 0, 3, 1, 4)
         v = qkv[:, :, 2].transpose(1, 2)
-        keys, values = state.append(k, v, 2 * self.context if self.context is not None else 2 * (state.end - state.start + T))
+        keys, values = state.append(k, v, self.room(state, T))
         past = keys.shape[2] - T
         ring = state.ring and self.context is not None
         if ring and keys.shape[2] > self.context:
@@ -245,6 +263,7 @@ class TransformerLayer(nn.Module):
         scale = cfg.layer_scale
         self.layer_scale_1: nn.Module = nn.Identity() if scale is None else LayerScale(cfg.d_model, scale)
         self.layer_scale_2: nn.Module = nn.Identity() if scale is None else LayerScale(cfg.d_model, scale)
+        self._fused_weights = FusedWeights()  # this layer's arrays for the fused kernel
 
     def forward(self, x: torch.Tensor, step: StepContext, state: AttentionState) -> torch.Tensor:
         """x: [B, T, C] -> [B, T, C]"""
@@ -265,6 +284,10 @@ class Transformer(nn.Module):
         out_dim = cfg.output_dimensions[0]
         self.output_proj: Linear | None = (
             None if out_dim == cfg.d_model else Linear(cfg.d_model, out_dim, bias=False))
+        #: speedup switch: streamed calls of 1-4 rows run each layer as one numba kernel
+        #: (fused_layer.py).
+        self.fused = False
+        self._freqs: torch.Tensor | None = None
 
     def init_state(self, batch_size: int, ring: bool = False) -> TransformerState:
         """A fresh state for `batch_size` streams (`ring`: see AttentionState)."""
@@ -281,6 +304,11 @@ class Transformer(nn.Module):
         if self.input_proj is not None:
             x = self.input_proj(x)
         T = x.shape[1]
+        if self.fused:
+            y = try_fused_layers(self.layers, x, state.offset, self._rope_freqs(x.device), state.layers)
+            if y is not None:
+                state.offset += T
+                return self._output(y)
         cos, sin = rope_tables(T, state.offset, self.cfg.d_model // self.cfg.num_heads,
                                self.cfg.max_period, x.device)
         # [T, D] -> [1, T, 1, 1, D]: against [B, T, (q, k), H, D]
@@ -288,6 +316,16 @@ class Transformer(nn.Module):
         for layer, st in zip(self.layers, state.layers):
             x = layer(x, step, st)
         state.offset += x.shape[1]
+        return self._output(x)
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] after the last layer -> [B, C_out, T]"""
         if self.output_proj is not None:
             x = self.output_proj(x)
         return x.transpose(1, 2)
+
+    def _rope_freqs(self, device: torch.device) -> torch.Tensor:
+        """`rope_freqs` of this transformer, computed once per device."""
+        if self._freqs is None or self._freqs.device != device:
+            self._freqs = rope_freqs(self.cfg.d_model // self.cfg.num_heads, self.cfg.max_period, device)
+        return self._freqs
