@@ -39,6 +39,9 @@ class Speedups:
     # GEMMs, RoPE, cache write, attention, GELU, residuals) instead of ~30 small PyTorch ops;
     # needs numba and kv_buffer (without either: the unfused layer)
     fused_layer: bool = True
+    # a streamed frame's residual quantization (1-4 vectors through 8 codebooks) as one numba
+    # kernel: the distance GEMMs at the memory's pace, no per-codebook PyTorch ops; needs numba
+    fused_rvq: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -72,6 +75,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
     from ..modules.gemm import Linear
     from ..modules.transformer import SelfAttention, Transformer, TransformerLayer
     from ..quantization.codebook import Codebook
+    from ..quantization.rvq import ResidualVQ
 
     for m in model.modules():
         if isinstance(m, nn.Linear) or (isinstance(m, CausalConv1d) and m.groups == 1
@@ -84,6 +88,8 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.matmul_small = speedups.matmul_conv
         elif isinstance(m, Codebook):
             m.cache_distances = speedups.cache_distances
+        elif isinstance(m, ResidualVQ):
+            m.fused = speedups.fused_rvq
         elif isinstance(m, SelfAttention):
             m.kv_buffer = speedups.kv_buffer
         elif isinstance(m, Transformer):

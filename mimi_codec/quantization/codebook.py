@@ -56,16 +56,21 @@ class Codebook(nn.Module):
         as one GEMM of padded operands, clamp, sqrt), with the centroid operand
         [bins, dim + 2] = [c, 1, |c|^2] built once instead of on every call. Same operands
         and shapes as cdist's own GEMM, hence the same codes."""
+        xs = x[None]
+        x_norm = xs.pow(2).sum(-1, keepdim=True)
+        x_pad = torch.cat([xs.mul(-2), x_norm, torch.ones_like(x_norm)], -1)
+        dists = x_pad.matmul(self.distance_table()[None].mT).clamp_min_(0).sqrt_()[0]
+        return dists.argmin(dim=-1)
+
+    def distance_table(self) -> torch.Tensor:
+        """[bins, dim + 2] the centroid operand of the distance GEMM, [c, 1, |c|^2], built
+        once and again only when the centroids change."""
         emb = self.embedding
         key = (*self._cache_key, emb.data_ptr())
         if self._table is None or key != self._table_key:
             self._table = torch.cat([emb, torch.ones_like(emb[:, :1]), emb.pow(2).sum(-1, keepdim=True)], -1)
             self._table_key = key
-        xs = x[None]
-        x_norm = xs.pow(2).sum(-1, keepdim=True)
-        x_pad = torch.cat([xs.mul(-2), x_norm, torch.ones_like(x_norm)], -1)
-        dists = x_pad.matmul(self._table[None].mT).clamp_min_(0).sqrt_()[0]
-        return dists.argmin(dim=-1)
+        return self._table
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Args:

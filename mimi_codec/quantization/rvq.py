@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 
 from ..config import QuantizerConfig
+from ..modules import gemm
 from .codebook import Codebook
 
 
@@ -19,6 +23,8 @@ class ResidualVQ(nn.Module):
         self.input_proj = nn.Conv1d(cfg.input_dimension, cfg.dimension, 1, bias=False)
         self.output_proj = nn.Conv1d(cfg.dimension, cfg.output_dimension, 1, bias=False)
         self.codebooks = nn.ModuleList([Codebook(cfg.dimension, cfg.bins) for _ in range(n_q)])
+        #: speedup switch: encode calls of 1-4 vectors as one numba kernel (`_fused_encode`).
+        self.fused = False
 
     def encode(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
         """Args:
@@ -29,6 +35,10 @@ class ResidualVQ(nn.Module):
         """
         B, _, T = x.shape
         residual = self.input_proj(x).transpose(1, 2).reshape(B * T, -1)
+        if self.fused:
+            fused = _fused_encode(residual, self.codebooks[:n_q])
+            if fused is not None:
+                return fused.view(B, T, n_q).transpose(1, 2)
         codes = []
         for cb in self.codebooks[:n_q]:
             idx = cb.encode(residual)
@@ -46,6 +56,46 @@ class ResidualVQ(nn.Module):
         for i in range(1, codes.shape[1]):
             out = out + self.codebooks[i].decode(codes[:, i])
         return self.output_proj(out.transpose(1, 2))
+
+
+#: The fused kernel serves encode calls of at most this many vectors (batch x frames).
+FUSED_MAX_ROWS = 4
+
+
+@functools.cache
+def fused_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """(serial, parallel) residual quantization kernels, or None without numba."""
+    try:
+        from ._numba_rvq import build
+    except ImportError:
+        return None
+    return build(False), build(True)
+
+
+def _fused_encode(residual: torch.Tensor, codebooks: Sequence[Codebook]) -> torch.Tensor | None:
+    """The `fused_rvq` speedup: the codes of `residual` [N, dim] through `codebooks` in one
+    numba kernel, or None where it does not apply (autograd, another device or dtype, more
+    than FUSED_MAX_ROWS vectors, no numba). The kernel leaves near ties to `Codebook.encode`
+    (see `_numba_rvq.py`), so the codes are those of the plain path. Returns [N, K] int64."""
+    if (torch.is_grad_enabled() or residual.device.type != "cpu" or residual.dtype != torch.float32
+            or residual.shape[0] > FUSED_MAX_ROWS or fused_kernels() is None
+            or any(cb.embedding_sum.dtype != torch.float32 for cb in codebooks)):
+        return None
+    work = residual.contiguous().clone()
+    codes = torch.empty(residual.shape[0], len(codebooks), dtype=torch.long)
+    tables = tuple(cb.distance_table().numpy() for cb in codebooks)
+    centroids = tuple(cb.embedding.numpy() for cb in codebooks)
+    serial, parallel = fused_kernels()  # type: ignore[misc]
+    done = 0
+    while True:
+        done = gemm.run_numba(serial, parallel, work.numpy(), tables, centroids, codes.numpy(), done)
+        if done == len(codebooks):
+            return codes
+        cb = codebooks[done]  # a near tie: this codebook through the plain op, as the plain path
+        idx = cb.encode(work)
+        codes[:, done] = idx
+        work -= cb.decode(idx)
+        done += 1
 
 
 class SplitResidualVQ(nn.Module):

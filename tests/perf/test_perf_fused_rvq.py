@@ -1,0 +1,114 @@
+"""The `fused_rvq` speedup: a streamed frame's residual quantization in one numba kernel gives
+exactly the plain path's codes, near ties included (the kernel hands those to PyTorch's op),
+and stays out of the way where it does not apply."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mimi_codec.config import QuantizerConfig
+from mimi_codec.modules import gemm
+from mimi_codec.quantization import rvq
+from mimi_codec.quantization.codebook import Codebook
+
+pytestmark = pytest.mark.skipif(rvq.fused_kernels() is None, reason="numba is not installed")
+
+
+def _pair(n_q: int = 8, bins: int = 512, dim: int = 32) -> tuple[rvq.ResidualVQ, rvq.ResidualVQ]:
+    """(fused, plain) copies of one random residual quantizer, distance caches on."""
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(dimension=dim, input_dimension=48, output_dimension=48, bins=bins, n_q=n_q + 1,
+                          n_q_semantic=1)
+    fused = rvq.ResidualVQ(n_q, cfg).eval()
+    with torch.no_grad():
+        scale = 1.0
+        for cb in fused.codebooks:
+            usage = 0.5 + torch.rand(bins)
+            cb.embedding_sum.copy_(scale * torch.randn(bins, dim) * usage[:, None])
+            cb.cluster_usage.copy_(usage)
+            cb.cache_distances = True
+            scale *= 0.7
+    plain = copy.deepcopy(fused)
+    fused.fused, plain.fused = True, False
+    return fused, plain
+
+
+class _Count:
+    def __init__(self, monkeypatch) -> None:
+        self.kernel = 0
+        self.plain_op = 0
+        run, encode = gemm.run_numba, Codebook.encode
+
+        def counting_run(*args: object) -> object:
+            self.kernel += 1
+            return run(*args)
+
+        def counting_encode(cb: Codebook, x: torch.Tensor) -> torch.Tensor:
+            self.plain_op += 1
+            return encode(cb, x)
+
+        monkeypatch.setattr(rvq.gemm, "run_numba", counting_run)
+        monkeypatch.setattr(Codebook, "encode", counting_encode)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("batch,frames", [(1, 1), (1, 2), (2, 2), (1, 4)])
+def test_fused_codes_equal_the_plain_path(monkeypatch, batch, frames) -> None:
+    fused, plain = _pair()
+    for i in range(40):
+        x = torch.randn(batch, 48, frames) * (1 + i % 4)
+        expected = plain.encode(x, 8)
+        count = _Count(monkeypatch)
+        assert torch.equal(fused.encode(x, 8), expected)
+        assert count.kernel >= 1  # the kernel ran
+        monkeypatch.undo()
+    assert torch.equal(fused.encode(x, 3), plain.encode(x, 3))  # fewer codebooks
+
+
+@torch.no_grad()
+def test_near_ties_go_to_the_plain_op(monkeypatch) -> None:
+    """A residual exactly between two centroids: the kernel stops before that codebook, the
+    plain op decides it, the kernel goes on with the rest."""
+    fused, plain = _pair(n_q=4, bins=64, dim=8)
+    x = torch.randn(1, 48, 1)
+    residual = fused.input_proj(x)[0, :, 0]
+    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual[None])[0]]
+    r1 = residual - first  # what codebook 1 sees
+    offset = torch.zeros(8)
+    offset[0] = 0.01
+    for c in (fused, plain):  # centroids 5 and 9 mirror each other around r1, the nearest pair
+        c.codebooks[1].embedding_sum[5] = (r1 + offset) * c.codebooks[1].cluster_usage[5]
+        c.codebooks[1].embedding_sum[9] = (r1 - offset) * c.codebooks[1].cluster_usage[9]
+    count = _Count(monkeypatch)
+    codes = fused.encode(x, 4)
+    assert count.plain_op == 1 and count.kernel == 2  # stages 0 | 1 by the plain op | 2-3
+    monkeypatch.undo()
+    assert torch.equal(codes, plain.encode(x, 4))
+    assert codes[0, 1, 0].item() in (5, 9)
+
+
+@torch.no_grad()
+def test_follows_codebook_changes() -> None:
+    fused, plain = _pair()
+    x = torch.randn(1, 48, 2)
+    assert torch.equal(fused.encode(x, 8), plain.encode(x, 8))
+    for c in (fused, plain):
+        c.codebooks[2].embedding_sum.mul_(-1)  # in place
+        c.codebooks[4].cluster_usage.fill_(2.0)
+    assert torch.equal(fused.encode(x, 8), plain.encode(x, 8))
+
+
+def test_not_used_with_autograd_many_vectors_or_without_numba(monkeypatch) -> None:
+    fused, plain = _pair()
+    count = _Count(monkeypatch)
+    fused.encode(torch.randn(1, 48, 2), 8)  # autograd on
+    with torch.no_grad():
+        x = torch.randn(1, 48, rvq.FUSED_MAX_ROWS + 1)
+        assert torch.equal(fused.encode(x, 8), plain.encode(x, 8))
+        assert count.kernel == 0
+        monkeypatch.setattr(rvq, "fused_kernels", lambda: None)
+        fused.encode(torch.randn(1, 48, 1), 8)
+    assert count.kernel == 0
