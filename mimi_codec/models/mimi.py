@@ -171,12 +171,14 @@ class MimiModel(nn.Module):
     def set_decoder_precision(self, precision: str) -> None:
         """Let the decoder's weight-bound GEMMs read float16 weights ("fp16") or not ("fp32").
 
-        With "fp16" the decoder transformer and the decoder's few-step convolutions (those the
-        `matmul_conv` speedup runs as one GEMM: all of a streamed frame's wide layers) multiply
-        fp32 activations by float16 copies of their weights, accumulating in fp32 (FBGEMM,
-        x86-64 CPU inference). They read half the bytes: streamed decoding gets about 1.5x
-        faster (docs/performance.md). Codes never change (encoding does not use the decoder);
-        the audio does, by about 1e-3 relative (docs/performance.md gives the measured SNR).
+        With "fp16" the decoder's few-step convolutions (the upsample and the SEANet layers
+        that the `matmul_conv` speedup runs as one GEMM: all of a streamed frame's wide ones)
+        multiply fp32 activations by float16 copies of their weights, accumulating in fp32
+        (FBGEMM, x86-64 CPU inference). They read half the bytes: streamed decoding gets about
+        1.15x faster (docs/performance.md). The decoder transformer stays fp32: its fused
+        numba kernel (the `fused_layer` speedup) runs faster than FBGEMM's float16 GEMMs.
+        Codes never change (encoding does not use the decoder); the audio does, by about
+        1e-3 relative (docs/performance.md gives the measured SNR).
 
         Args:
             precision: "fp32" or "fp16".
@@ -186,7 +188,7 @@ class MimiModel(nn.Module):
         from ..modules.gemm import check_precision
 
         precision = check_precision(precision)
-        for part in (self.upsample, self.decoder_transformer, self.decoder):
+        for part in (self.upsample, self.decoder):
             for m in part.modules():
                 if hasattr(m, "gemm_precision"):
                     m.gemm_precision = precision

@@ -39,10 +39,12 @@ def test_fp16_decoder_keeps_codes_and_audio_close(tiny, fixtures_dir) -> None:
         codes16, audio16 = _stream(tiny, wav)
         with torch.inference_mode():
             whole16 = tiny.decode(codes16)
-        # the decoder's GEMM layers took float16 weights; the encoder's did not
-        lin = tiny.decoder_transformer.layers[0].linear1
-        assert lin.gemm_precision == "fp16" and isinstance(lin._packed._packed["fp16"][1], torch.ScriptObject)
-        assert tiny.encoder_transformer.layers[0].linear1.gemm_precision == "fp32"
+        # the decoder's convolutions took float16 weights; its transformer and the encoder did not
+        conv = tiny.decoder.model[0]
+        assert conv.gemm_precision == "fp16" and isinstance(conv._packed._packed["fp16"][1], torch.ScriptObject)
+        assert tiny.upsample.gemm_precision == "fp16"
+        assert tiny.decoder_transformer.layers[0].linear1.gemm_precision == "fp32"
+        assert tiny.encoder.model[0].gemm_precision == "fp32"
     finally:
         tiny.set_decoder_precision("fp32")
     assert torch.equal(codes16, codes32)
