@@ -22,6 +22,8 @@ each one's effect is measured on its own.
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,12 @@ def _summary(results: list[FrameResult]) -> dict[str, float]:
     return out
 
 
+#: Idle time before each implementation's frame, as in live use, where a frame arrives every
+#: 80 ms and the codec idles between frames. Without it, the worker threads the previous
+#: implementation leaves spinning (OpenMP's, rayon's) take cycles from the next one.
+SETTLE_S = 0.01
+
+
 def _lockstep(benchmark: Any, main: Ours, others: list[Any], frames: int) -> dict[str, list[FrameResult]]:
     """Stream `frames` frames through every implementation; `main` under pytest-benchmark."""
     impls = [main, *others]
@@ -59,7 +67,9 @@ def _lockstep(benchmark: Any, main: Ours, others: list[Any], frames: int) -> dic
     def setup() -> tuple[tuple[int], dict[str, Any]]:
         i = next(index)
         for impl in others:
+            time.sleep(SETTLE_S)
             results[impl.name].append(impl.stream_frame(i))
+        time.sleep(SETTLE_S)
         return (i,), {}
 
     def target(i: int) -> None:

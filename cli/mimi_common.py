@@ -55,7 +55,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 decoder_precision_option = click.option(
     "--decoder-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-    help="fp16: the decoder's big matrix products read float16 weights (x86-64 CPUs): faster "
+    help="fp16: the decoder's convolutions read float16 weights (x86-64 CPUs): faster "
          "streamed decoding, audio within ~1e-3 of fp32; the codes never change.",
 )
 
