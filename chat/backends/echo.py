@@ -81,6 +81,7 @@ class EchoBackend(ChatBackend):
         self.mimi = mimi
         self.delay_frames = delay_frames
         self.device = torch.device(device)
+        mimi.warmup()  # the first client's frames must not wait for kernel compilation
         self.sample_rate = int(mimi.sample_rate)
         self.frame_size = int(mimi.frame_size)
 

@@ -101,6 +101,7 @@ class MoshiBackend(ChatBackend):
     def __init__(self, models: MoshiModels, device: str | torch.device = "cpu") -> None:
         self.models = models
         self.device = torch.device(device)
+        models.mimi.warmup()  # the first client's frames must not wait for kernel compilation
         self.sample_rate = int(models.mimi.sample_rate)
         self.frame_size = int(models.mimi.frame_size)
 

@@ -246,6 +246,24 @@ class MimiModel(nn.Module):
         finally:
             self._stream = None
 
+    @torch.no_grad()
+    def warmup(self, batch_size: int = 1) -> None:
+        """Stream one frame of silence through encode and decode on a throwaway state, so
+        that the first real streamed frame does not pay for one-time work: compiling the
+        numba kernels of the speedups for this thread budget (~30 s on 2 cores the first time
+        after installing, ~1 s from numba's cache after that) and packing weights. Servers
+        call it at start. Outside `streaming()` only; changes no result.
+
+        Args:
+            batch_size: the batch size the streams will use.
+        """
+        if self._stream is not None:
+            raise ValueError("warmup() inside streaming(): call it before opening the stream")
+        p = self._param()
+        with self.streaming(batch_size):
+            self.decode(self.encode(torch.zeros(batch_size, self.channels, self.frame_size,
+                                                dtype=p.dtype, device=p.device)))
+
     # --------------------------------------------------------------------- checks
     def _check_wav(self, wav: object) -> torch.Tensor:
         if not isinstance(wav, torch.Tensor):

@@ -80,6 +80,22 @@ def test_reset_restarts_the_stream(tiny: MimiModel, vectors) -> None:
     torch.testing.assert_close(audio1, audio2, atol=0, rtol=0)
 
 
+def test_warmup_streams_a_throwaway_frame(tiny: MimiModel, vectors, monkeypatch) -> None:
+    wav = vectors["wav"][..., : 1920 * 4]
+    with tiny.streaming(1):
+        before = [tiny.encode(wav[..., i: i + 1920]) for i in range(0, wav.shape[-1], 1920)]
+        with pytest.raises(ValueError, match="inside streaming"):
+            tiny.warmup()
+    calls: list[tuple[int, ...]] = []
+    encode = MimiModel.encode
+    monkeypatch.setattr(MimiModel, "encode", lambda self, x, *a: calls.append(tuple(x.shape)) or encode(self, x, *a))
+    tiny.warmup(2)
+    assert calls == [(2, 1, 1920)] and not tiny.is_streaming  # one streamed frame, stream closed
+    with tiny.streaming(1):  # nothing carried over into the next stream
+        after = [tiny.encode(wav[..., i: i + 1920]) for i in range(0, wav.shape[-1], 1920)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_state_is_typed_and_fresh_per_stream(tiny: MimiModel) -> None:
     state = tiny.init_state(2)
     assert state.batch_size == 2
