@@ -30,14 +30,10 @@ FUSED_MAX_ROWS = 4
 @functools.cache
 def kernels() -> tuple[Callable[..., object], Callable[..., object]] | None:
     """(serial, parallel) layer kernels, or None without numba."""
-    try:
-        from ._numba_layer import build
-    except ImportError:
-        return None
-    return build(False), build(True)
+    return gemm.build_kernels(f"{__package__}._numba_layer")
 
 
-class FusedWeights:
+class FusedWeights(gemm.EmptyWhenCopied):
     """A layer's parameters as the float32 numpy arrays the kernel takes (views of the
     parameters themselves where they are contiguous), rebuilt when one of them changes
     (object, storage or version) or a GEMM's precision does.
@@ -80,15 +76,6 @@ class FusedWeights:
                     arrays[i] = np.ones_like(arrays[4])
             self._arrays = tuple(arrays) if ok else None
         return self._arrays
-
-    def __deepcopy__(self, memo: dict[int, object]) -> "FusedWeights":
-        return FusedWeights()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__()  # type: ignore[misc]
 
 
 def try_fused_layers(layers: Sequence["TransformerLayer"], x: torch.Tensor, offset: int,

@@ -126,7 +126,33 @@ def check_precision(precision: object) -> str:
     return str(precision)
 
 
-class PackedWeight:
+def build_kernels(module: str) -> tuple[Callable[..., object], Callable[..., object]] | None:
+    """The (serial, parallel) numba kernels of `module` (absolute name of a module with a
+    `build(parallel)`), for `run_numba`; None without numba."""
+    import importlib
+
+    try:
+        build = importlib.import_module(module).build
+    except ImportError:
+        return None
+    return build(False), build(True)
+
+
+class EmptyWhenCopied:
+    """A cache that copies (deepcopy, pickle) as a fresh, empty one: it is rebuilt from the
+    module's parameters on first use, never part of the state dict."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> "EmptyWhenCopied":
+        return type(self)()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+class PackedWeight(EmptyWhenCopied):
     """A weight in the forms fast GEMM kernels take, each rebuilt when the source changes.
 
     Not part of the state dict; copying a module gives a copy that packs again on first use.
@@ -161,15 +187,6 @@ class PackedWeight:
             packed = torch.ops.mkldnn._reorder_linear_weight(w)
         self._packed[kind] = (key, packed)
         return packed
-
-    def __deepcopy__(self, memo: dict[int, object]) -> "PackedWeight":
-        return PackedWeight()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__()  # type: ignore[misc]
 
 
 def _tensor_key(t: torch.Tensor) -> tuple[object, ...]:

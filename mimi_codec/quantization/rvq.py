@@ -65,11 +65,7 @@ FUSED_MAX_ROWS = 4
 @functools.cache
 def fused_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
     """(serial, parallel) residual quantization kernels, or None without numba."""
-    try:
-        from ._numba_rvq import build
-    except ImportError:
-        return None
-    return build(False), build(True)
+    return gemm.build_kernels(f"{__package__}._numba_rvq")  # type: ignore[return-value]
 
 
 def _fused_encode(residual: torch.Tensor, codebooks: Sequence[Codebook]) -> torch.Tensor | None:
