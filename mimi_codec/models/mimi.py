@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import MimiConfig
 from ..modules.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
+from ..modules.gemm import numba_paused
 from ..modules.seanet import SeanetDecoder, SeanetEncoder, SeanetState
 from ..modules.transformer import Transformer, TransformerState
 from ..quantization.rvq import SplitResidualVQ
@@ -344,7 +345,8 @@ class MimiModel(nn.Module):
             chunk = wav[..., i: i + step]
             if chunk.shape[-1] % fs:  # the last, partial frame: pad with zeros like the reference
                 chunk = torch.nn.functional.pad(chunk, (0, fs - chunk.shape[-1] % fs))
-            chunks.append(self._encode_chunk(chunk, state, n_q))
+            with numba_paused():  # few-row kernels: only for a short last chunk, not worth compiling
+                chunks.append(self._encode_chunk(chunk, state, n_q))
         if not chunks:
             return torch.zeros(B, n_q, 0, dtype=torch.long, device=wav.device)
         return torch.cat(chunks, dim=-1)
@@ -390,5 +392,6 @@ class MimiModel(nn.Module):
         n = self.chunk_frames
         for i in range(0, F, n):
             j = min(F, i + n)
-            out[..., i * self.frame_size: j * self.frame_size] = self._decode_chunk(codes[..., i:j], state)
+            with numba_paused():  # as in encode
+                out[..., i * self.frame_size: j * self.frame_size] = self._decode_chunk(codes[..., i:j], state)
         return out

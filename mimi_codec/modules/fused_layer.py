@@ -93,7 +93,8 @@ def try_fused_layers(layers: Sequence["TransformerLayer"], x: torch.Tensor, offs
     """
     B, T, C = x.shape
     if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-            or B * T > FUSED_MAX_ROWS or kernels() is None or not all(s.buffered for s in states)):
+            or B * T > FUSED_MAX_ROWS or not gemm.numba_allowed() or kernels() is None
+            or not all(s.buffered for s in states)):
         return None
     weights = [layer._fused_weights.get(layer) for layer in layers]
     if any(w is None for w in weights):

@@ -30,9 +30,11 @@ kernel, the plain op runs (`fast_linear` returns None).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import threading
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -47,6 +49,7 @@ PACKED_MAX_ROWS = 16
 NUMBA_MAX_ROWS = 4
 
 _numba_lock = threading.Lock()
+_numba_paused: contextvars.ContextVar[bool] = contextvars.ContextVar("mimi_numba_paused", default=False)
 R = TypeVar("R")
 
 
@@ -85,6 +88,24 @@ def numba_kernel() -> Callable[..., None] | None:
     except ImportError:
         return None
     return few_rows_gemm
+
+
+@contextlib.contextmanager
+def numba_paused() -> Iterator[None]:
+    """Within: the numba kernels (`numba_gemm`, `fused_layer`, `fused_rvq`) stay unused and
+    the PyTorch ops run. Whole-file coding pauses them: its only few-row calls come from a
+    last, short chunk, which is not worth the kernels' one-time compilation (~30 s on 2 cores
+    the first time after installing)."""
+    token = _numba_paused.set(True)
+    try:
+        yield
+    finally:
+        _numba_paused.reset(token)
+
+
+def numba_allowed() -> bool:
+    """False inside `numba_paused()`."""
+    return not _numba_paused.get()
 
 
 def run_numba(serial: Callable[..., R], parallel: Callable[..., R], *args: object) -> R:
@@ -216,7 +237,7 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if precision == "fp16":
         return torch.ops.quantized.linear_dynamic_fp16(x, cache.get(weight, as_out_in, "fp16", bias))
     rows = x.numel() // max(1, x.shape[-1])
-    if use_numba and 0 < rows <= NUMBA_MAX_ROWS and numba_kernel() is not None:
+    if use_numba and 0 < rows <= NUMBA_MAX_ROWS and numba_allowed() and numba_kernel() is not None:
         return _numba_linear(x, cache.get(weight, as_out_in, "numba"), bias)  # type: ignore[arg-type]
     if packed and rows <= PACKED_MAX_ROWS and available():
         w = cache.get(weight, as_out_in)

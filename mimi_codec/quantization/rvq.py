@@ -74,7 +74,7 @@ def _fused_encode(residual: torch.Tensor, codebooks: Sequence[Codebook]) -> torc
     than FUSED_MAX_ROWS vectors, no numba). The kernel leaves near ties to `Codebook.encode`
     (see `_numba_rvq.py`), so the codes are those of the plain path. Returns [N, K] int64."""
     if (torch.is_grad_enabled() or residual.device.type != "cpu" or residual.dtype != torch.float32
-            or residual.shape[0] > FUSED_MAX_ROWS or fused_kernels() is None
+            or residual.shape[0] > FUSED_MAX_ROWS or not gemm.numba_allowed() or fused_kernels() is None
             or any(cb.embedding_sum.dtype != torch.float32 for cb in codebooks)):
         return None
     work = residual.contiguous().clone()

@@ -201,3 +201,23 @@ def test_kv_buffer_equals_concat_over_many_steps(ring: bool) -> None:
         outs[buffered] = torch.cat(pieces, -1)
     assert torch.equal(outs[True], outs[False])
     assert len(ptrs) <= 3  # allocated once, then regrown only for the 17-step call
+
+
+def test_whole_file_coding_leaves_the_numba_kernels_alone(fixtures_dir, vectors, monkeypatch) -> None:
+    """A short whole-file call has few rows too, but is not worth compiling the kernels for:
+    only streaming runs them."""
+    from mimi_codec.modules import gemm
+
+    calls: list[int] = []
+    run = gemm.run_numba
+    monkeypatch.setattr(gemm, "run_numba", lambda *a: calls.append(1) or run(*a))
+    model = _load_tiny(fixtures_dir, Speedups())
+    wav = vectors["wav"][..., :1920]  # one frame: the few-row calls of a stream
+    codes = model.encode(wav)
+    model.decode(codes)
+    assert not calls
+    with model.streaming(1):
+        assert torch.equal(model.encode(wav), codes)
+        model.decode(codes)
+    assert calls
+    assert gemm.numba_allowed()
