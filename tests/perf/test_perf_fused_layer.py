@@ -51,7 +51,7 @@ def _count_kernel_calls(monkeypatch) -> list[int]:
 @torch.no_grad()
 @pytest.mark.parametrize("batch,steps", [(1, 1), (1, 2), (1, 3), (2, 2), (1, 4)])
 @pytest.mark.parametrize("ring", [False, True])
-def test_fused_calls_equal_the_pytorch_layers(monkeypatch, batch, steps, ring) -> None:
+def test_fused_calls_equal_the_pytorch_layers(monkeypatch, threads, batch, steps, ring) -> None:
     fused, plain = _pair()
     calls = _count_kernel_calls(monkeypatch)
     sf, sp = fused.init_state(batch, ring), plain.init_state(batch, ring)

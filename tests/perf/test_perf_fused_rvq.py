@@ -56,7 +56,7 @@ class _Count:
 
 @torch.no_grad()
 @pytest.mark.parametrize("batch,frames", [(1, 1), (1, 2), (2, 2), (1, 4)])
-def test_fused_codes_equal_the_plain_path(monkeypatch, batch, frames) -> None:
+def test_fused_codes_equal_the_plain_path(monkeypatch, threads, batch, frames) -> None:
     fused, plain = _pair()
     for i in range(40):
         x = torch.randn(batch, 48, frames) * (1 + i % 4)
