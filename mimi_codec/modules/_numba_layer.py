@@ -8,11 +8,11 @@ layer, each paying its dispatch and thread wake-up for a few thousand numbers (a
 frame's two transformers spent ~13 ms of ~36 outside their GEMMs); here it is one call.
 
 The GEMMs are the `numba_gemm` kernel's (`rows_dot`): each weight row read once, for every
-row of activations. `build(parallel)` compiles the same code twice: with numba's
-thread pool splitting each GEMM's outputs and the attention's heads, or serial for a
-1-thread budget. Only reassociation and contraction are allowed to the compiler; LayerNorm
-statistics are taken in float64. Results are fp32 at rounding level
-from the PyTorch ops.
+row of activations. Attention takes its scores the same way, each cached key against the
+call's queries. `build(parallel)` compiles the same code twice: with numba's thread pool
+splitting each GEMM's outputs and the attention's heads, or serial for a 1-thread budget.
+Only reassociation and contraction are allowed to the compiler; LayerNorm statistics are
+taken in float64. Results are fp32 at rounding level from the PyTorch ops.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def build(parallel: bool) -> Callable[..., np.ndarray]:
         """One layer on x [R, C] (R = B * steps, batch-major); returns the new [R, C].
 
         offset: position of the call's first step. freqs: [D / 2] rotary frequencies (pair i
-        of step t turns by (offset + t) * freqs[i]). key_buf, value_buf: [B, H, capacity, D]; the new
-        keys and values go to slots end..end+steps-1, attention reads slots first..end+steps-1
+        of step t turns by (offset + t) * freqs[i]). key_buf, value_buf: [B, H, capacity, D];
+        the new keys and values go to slots end..end+steps-1, attention reads slots first..end+steps-1
         (the last `steps` being this call's). context: attention span, <= 0 for none.
         """
         threaded = parallel  # noqa: F841  (keeps the two builds apart in numba's cache)

@@ -1,5 +1,6 @@
 """The `fused_layer` speedup: a streamed transformer call of 1-4 rows runs each layer as one
-numba kernel, the layers one after the other on numpy arrays (`_numba_layer.py`) instead of ~30 small PyTorch ops and 4 GEMMs.
+numba kernel (`_numba_layer.py`), the layers one after the other on numpy arrays, instead of
+~30 small PyTorch ops and 4 GEMMs per layer.
 
 The kernel writes the new keys and values straight into the layer's preallocated cache (the
 `kv_buffer` speedup's buffers) and attends over the same slots, with the same mask, as
@@ -39,8 +40,9 @@ class FusedWeights(gemm.EmptyWhenCopied):
     (object, storage or version) or a GEMM's precision does.
 
     The submodules are looked up once (a call then costs a few dict lookups, not ~30
-    `nn.Module` attribute lookups); `forget` drops them, which `apply_speedups` does, as after
-    loading a state dict. Copying a layer gives an empty one.
+    `nn.Module` attribute lookups); their parameters are read from them on every call, so
+    in-place edits, loading and new Parameter objects are all seen. Replacing a submodule
+    itself needs `forget()`, which `apply_speedups` calls. Copying a layer gives an empty one.
     """
 
     def __init__(self) -> None:
