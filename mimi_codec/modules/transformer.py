@@ -26,23 +26,21 @@ def rope_freqs(dim: int, max_period: float, device: torch.device) -> torch.Tenso
     return torch.exp(half * (-math.log(max_period) * 2 / dim))
 
 
-def rope_tables(T: int, offset: int, dim: int, max_period: float,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(T: int, offset: int, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary tables of T steps from `offset`, laid out for `apply_rope`.
 
     Args:
         T: steps.
         offset: position of the first step.
-        dim: head width D (even).
-        max_period: period of the slowest rotation.
+        freqs: [D / 2] from `rope_freqs`.
     Returns:
         (cos, sin), each [T, D] float32: cos = (cos a_i, cos a_i) and sin = (-sin a_i, sin a_i)
         for each interleaved pair i.
     """
-    freqs = rope_freqs(dim, max_period, device)
-    pos = offset + torch.arange(T, device=device, dtype=torch.float32)
+    pos = offset + torch.arange(T, device=freqs.device, dtype=torch.float32)
     angle = freqs * pos.view(T, 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
+    dim = 2 * freqs.shape[0]
     return (torch.stack([cos, cos], -1).view(T, dim),
             torch.stack([-sin, sin], -1).view(T, dim))
 
@@ -304,13 +302,13 @@ class Transformer(nn.Module):
         if self.input_proj is not None:
             x = self.input_proj(x)
         T = x.shape[1]
+        freqs = self._rope_freqs(x.device)
         if self.fused:
-            y = try_fused_layers(self.layers, x, state.offset, self._rope_freqs(x.device), state.layers)
+            y = try_fused_layers(self.layers, x, state.offset, freqs, state.layers)
             if y is not None:
                 state.offset += T
                 return self._output(y)
-        cos, sin = rope_tables(T, state.offset, self.cfg.d_model // self.cfg.num_heads,
-                               self.cfg.max_period, x.device)
+        cos, sin = rope_tables(T, state.offset, freqs)
         # [T, D] -> [1, T, 1, 1, D]: against [B, T, (q, k), H, D]
         step = StepContext(state.offset, T, self.cfg.context, cos[:, None, None], sin[:, None, None])
         for layer, st in zip(self.layers, state.layers):
