@@ -341,11 +341,11 @@ class MimiModel(nn.Module):
         state = self.init_state(B).encoder
         step = self.chunk_frames * fs
         chunks = []
-        for i in range(0, frames * fs, step):
-            chunk = wav[..., i: i + step]
-            if chunk.shape[-1] % fs:  # the last, partial frame: pad with zeros like the reference
-                chunk = torch.nn.functional.pad(chunk, (0, fs - chunk.shape[-1] % fs))
-            with numba_paused():  # few-row kernels: only for a short last chunk, not worth compiling
+        with numba_paused():  # few-row kernels: only for a short last chunk, not worth compiling
+            for i in range(0, frames * fs, step):
+                chunk = wav[..., i: i + step]
+                if chunk.shape[-1] % fs:  # the last, partial frame: pad with zeros like the reference
+                    chunk = torch.nn.functional.pad(chunk, (0, fs - chunk.shape[-1] % fs))
                 chunks.append(self._encode_chunk(chunk, state, n_q))
         if not chunks:
             return torch.zeros(B, n_q, 0, dtype=torch.long, device=wav.device)
@@ -390,8 +390,8 @@ class MimiModel(nn.Module):
         out = torch.empty(B, self.channels, F * self.frame_size, dtype=p.dtype, device=p.device)
         state = self.init_state(B).decoder
         n = self.chunk_frames
-        for i in range(0, F, n):
-            j = min(F, i + n)
-            with numba_paused():  # as in encode
+        with numba_paused():  # as in encode
+            for i in range(0, F, n):
+                j = min(F, i + n)
                 out[..., i * self.frame_size: j * self.frame_size] = self._decode_chunk(codes[..., i:j], state)
         return out

@@ -6,9 +6,8 @@ streams the weights at the memory's own pace, which PyTorch's fp32 kernels do no
 CPUs (docs/performance.md). With one thread the caller runs `few_rows_gemm` (numba starts
 no thread pool); with more, `few_rows_gemm_parallel`, whose outputs numba's own pool splits
 (a split over Python threads measured slower: torch's spinning OpenMP workers hold the other
-core). Only
-reassociation and contraction are allowed to the compiler (a vectorised sum, fused
-multiply-adds): fp32 results at rounding level from the plain GEMM.
+core). Only reassociation and contraction are allowed to the compiler (`FASTMATH`: a
+vectorised sum, fused multiply-adds): fp32 results at rounding level from the plain GEMM.
 """
 
 from __future__ import annotations
@@ -16,8 +15,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+#: The compiler's licence in every Mimi numba kernel: reassociation and contraction only.
+FASTMATH = {"reassoc", "contract"}
 
-@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True, inline="always")
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
 def rows_dot(w: np.ndarray, n: int, x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """out[:, n] = x[M, K] @ w[n, K]: weight row n against every row of x, two rows at a time
     (each weight value loaded once for both: 10-15% faster than a row at a time)."""
@@ -40,14 +42,14 @@ def rows_dot(w: np.ndarray, n: int, x: np.ndarray, out: np.ndarray) -> None:  # 
         out[m, n] = a0
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
 def few_rows_gemm(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """out = x[M, K] @ w[N, K]^T (all float32, C-contiguous), on the calling thread."""
     for n in range(w.shape[0]):
         rows_dot(w, n, x, out)
 
 
-@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
 def few_rows_gemm_parallel(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """out = x[M, K] @ w[N, K]^T, the outputs split across numba's threads."""
     for n in prange(w.shape[0]):

@@ -23,12 +23,10 @@ from typing import Callable
 import numpy as np
 from numba import njit, prange
 
-from ._numba_gemm import rows_dot
-
-_FASTMATH = {"reassoc", "contract"}
+from ._numba_gemm import FASTMATH, rows_dot
 
 
-@njit(fastmath=_FASTMATH, cache=True, nogil=True)
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:  # pragma: no cover
     """[R, C] -> [R, C]: (x - mean) / sqrt(var + eps) * w + b over each row."""
     rows, c = x.shape
@@ -51,7 +49,7 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nd
 def build(parallel: bool) -> Callable[..., np.ndarray]:
     """The layer kernel, with numba's parallel loops (`parallel`) or serial."""
 
-    @njit(parallel=parallel, fastmath=_FASTMATH, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=FASTMATH, cache=True, nogil=True)
     def layer_step(x, steps, ln1_w, ln1_b, w_qkv, offset, freqs, key_buf, value_buf, first, end,
                    context, w_out, ls1, ln2_w, ln2_b, w_1, w_2, ls2, eps):  # pragma: no cover
         """One layer on x [R, C] (R = B * steps, batch-major); returns the new [R, C].

@@ -80,14 +80,13 @@ def fp16_available() -> bool:
 
 
 @functools.cache
-def numba_kernel() -> Callable[..., None] | None:
-    """The serial few-row kernel (`_numba_gemm.few_rows_gemm`), or None without numba: what
-    `fast_linear` asks to know whether the numba path is there."""
+def numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """The (serial, parallel) few-row GEMM kernels of `_numba_gemm`, or None without numba."""
     try:
-        from ._numba_gemm import few_rows_gemm
+        from ._numba_gemm import few_rows_gemm, few_rows_gemm_parallel
     except ImportError:
         return None
-    return few_rows_gemm
+    return few_rows_gemm, few_rows_gemm_parallel
 
 
 @contextlib.contextmanager
@@ -125,12 +124,10 @@ def _numba_linear(x: torch.Tensor, w: "np.ndarray", bias: torch.Tensor | None) -
     """x @ w^T (+ bias) with the numba kernel, on as many threads as torch uses."""
     import numpy as np
 
-    from ._numba_gemm import few_rows_gemm, few_rows_gemm_parallel
-
     rows = x.numel() // x.shape[-1]
     xs = x.reshape(rows, x.shape[-1]).contiguous().numpy()
     out = np.empty((rows, w.shape[0]), dtype=np.float32)
-    run_numba(few_rows_gemm, few_rows_gemm_parallel, w, xs, out)
+    run_numba(*numba_kernels(), w, xs, out)  # type: ignore[misc]
     y = torch.from_numpy(out)
     if bias is not None:
         y.add_(bias)
@@ -237,7 +234,7 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if precision == "fp16":
         return torch.ops.quantized.linear_dynamic_fp16(x, cache.get(weight, as_out_in, "fp16", bias))
     rows = x.numel() // max(1, x.shape[-1])
-    if use_numba and 0 < rows <= NUMBA_MAX_ROWS and numba_allowed() and numba_kernel() is not None:
+    if use_numba and 0 < rows <= NUMBA_MAX_ROWS and numba_allowed() and numba_kernels() is not None:
         return _numba_linear(x, cache.get(weight, as_out_in, "numba"), bias)  # type: ignore[arg-type]
     if packed and rows <= PACKED_MAX_ROWS and available():
         w = cache.get(weight, as_out_in)

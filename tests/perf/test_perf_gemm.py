@@ -119,7 +119,7 @@ def test_precision_checks(monkeypatch) -> None:
     assert gemm.check_precision("fp32") == "fp32"
 
 
-numba_only = pytest.mark.skipif(gemm.numba_kernel() is None, reason="numba is not installed")
+numba_only = pytest.mark.skipif(gemm.numba_kernels() is None, reason="numba is not installed")
 
 
 @numba_only
@@ -149,7 +149,7 @@ def test_numba_serves_few_rows_only_and_non_contiguous_inputs(monkeypatch) -> No
     lin(torch.randn(gemm.NUMBA_MAX_ROWS + 1, 64))  # more rows: the oneDNN packed path
     assert set(lin._packed._packed) == {"numba", "fp32"}
     lin._packed = gemm.PackedWeight()
-    monkeypatch.setattr(gemm, "numba_kernel", lambda: None)  # numba missing: oneDNN
+    monkeypatch.setattr(gemm, "numba_kernels", lambda: None)  # numba missing: oneDNN
     lin(x)
     assert set(lin._packed._packed) == {"fp32"}
 
