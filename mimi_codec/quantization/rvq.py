@@ -72,7 +72,8 @@ def _fused_encode(residual: torch.Tensor, codebooks: Sequence[Codebook]) -> torc
     """The `fused_rvq` speedup: the codes of `residual` [N, dim] through `codebooks` in one
     numba kernel, or None where it does not apply (autograd, another device or dtype, more
     than FUSED_MAX_ROWS vectors, no numba). The kernel leaves near ties to `Codebook.encode`
-    (see `_numba_rvq.py`), so the codes are those of the plain path. Returns [N, K] int64."""
+    (see `_numba_rvq.py`), run on the plain path's own residual tensor (same values, same
+    strides), so the codes are those of the plain path. Returns [N, K] int64."""
     if (torch.is_grad_enabled() or residual.device.type != "cpu" or residual.dtype != torch.float32
             or residual.shape[0] > FUSED_MAX_ROWS or not gemm.numba_allowed() or fused_kernels() is None
             or any(cb.embedding_sum.dtype != torch.float32 for cb in codebooks)):
@@ -83,14 +84,22 @@ def _fused_encode(residual: torch.Tensor, codebooks: Sequence[Codebook]) -> torc
     centroids = tuple(cb.embedding.numpy() for cb in codebooks)
     serial, parallel = fused_kernels()  # type: ignore[misc]
     done = 0
+    # the plain path's residual, kept in its memory layout: PyTorch's GEMM sums in an order
+    # that depends on the operand's strides, which a true tie can turn on
+    plain, plain_done = residual, 0
     while True:
         done = gemm.run_numba(serial, parallel, work.numpy(), tables, centroids, codes.numpy(), done)
         if done == len(codebooks):
             return codes
-        cb = codebooks[done]  # a near tie: this codebook through the plain op, as the plain path
-        idx = cb.encode(work)
+        # a near tie: this codebook through the plain op, on the plain path's very tensor
+        for q in range(plain_done, done):
+            plain = plain - codebooks[q].decode(codes[:, q])
+        cb = codebooks[done]
+        idx = cb.encode(plain)
         codes[:, done] = idx
-        work -= cb.decode(idx)
+        centroid = cb.decode(idx)
+        plain, plain_done = plain - centroid, done + 1
+        work -= centroid
         done += 1
 
 

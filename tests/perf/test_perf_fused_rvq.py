@@ -91,6 +91,70 @@ def test_near_ties_go_to_the_plain_op(monkeypatch) -> None:
 
 
 @torch.no_grad()
+def test_near_ties_reach_the_plain_op_in_the_plain_paths_layout(monkeypatch) -> None:
+    """PyTorch's GEMM sums in an order that depends on its operand's strides, and a true tie
+    can turn on that order, so the plain op must see the very tensor the plain path gives it
+    (a strided view when B = 1 and T > 1), not the kernel's contiguous copy. Found on a
+    full-size random model: 5 of 1,500 random latents coded differently before."""
+    fused, plain = _pair(n_q=4, bins=64, dim=8)
+    x = torch.randn(1, 48, 2)
+    residual = fused.input_proj(x)[0].T  # [2, dim]
+    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual.contiguous())]
+    r1 = residual[0] - first[0]
+    offset = torch.zeros(8)
+    offset[0] = 0.01
+    for c in (fused, plain):  # an exact tie for codebook 1 on the first row
+        c.codebooks[1].embedding_sum[5] = (r1 + offset) * c.codebooks[1].cluster_usage[5]
+        c.codebooks[1].embedding_sum[9] = (r1 - offset) * c.codebooks[1].cluster_usage[9]
+    seen: dict[str, list[torch.Tensor]] = {"fused": [], "plain": []}
+    encode = Codebook.encode
+    for name, model in (("plain", plain), ("fused", fused)):
+        def spy(cb: Codebook, v: torch.Tensor, out: list[torch.Tensor] = seen[name]) -> torch.Tensor:
+            out.append(v)
+            return encode(cb, v)
+        monkeypatch.setattr(Codebook, "encode", spy)
+        model.encode(x, 4)
+        monkeypatch.undo()
+    assert len(seen["fused"]) == 1  # only the tied stage left the kernel
+    mine, theirs = seen["fused"][0], seen["plain"][1]
+    assert mine.stride() == theirs.stride() and theirs.stride() != theirs.contiguous().stride()
+    assert torch.equal(mine, theirs)
+    assert torch.equal(fused.encode(x, 4), plain.encode(x, 4))
+
+
+@torch.no_grad()
+def test_close_calls_the_bound_can_settle_stay_in_the_kernel(monkeypatch) -> None:
+    """Two centroids whose distances to the residual differ by 2.5 gamma_n (L_5 + L_9): within
+    the fp32 screen's reach (4 gamma_n (L_5 + L_9)), so the kernel must look closer, but wide
+    enough that the exact sums prove what any summation order gives. No plain op runs."""
+    fused, plain = _pair(n_q=4, bins=64, dim=8)
+    x = torch.randn(1, 48, 1)
+    residual = fused.input_proj(x)[0, :, 0]
+    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual[None])[0]]
+    r1 = (residual - first).double()
+    n = 8 + 2
+    gamma = n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+    x2 = float(r1.pow(2).sum())
+
+    def screen(c: torch.Tensor) -> float:  # the kernel's L_k: 2|x||c| + 2|x|^2 + |c|^2
+        return 2 * x2 ** 0.5 * float(c.norm()) + 2 * x2 + float(c.pow(2).sum())
+
+    offset = torch.zeros(8, dtype=torch.float64)
+    offset[0] = 0.01
+    gap = 2.5 * gamma * (screen(r1 + offset) + screen(r1 - offset))
+    stretch = (1 + gap / float(offset.pow(2).sum())) ** 0.5  # |r1 - c9|^2 = |r1 - c5|^2 + gap
+    for c in (fused, plain):
+        c.codebooks[1].embedding_sum[5] = (r1 + offset).float() * c.codebooks[1].cluster_usage[5]
+        c.codebooks[1].embedding_sum[9] = (r1 - stretch * offset).float() * c.codebooks[1].cluster_usage[9]
+    count = _Count(monkeypatch)
+    codes = fused.encode(x, 4)
+    assert count.plain_op == 0 and count.kernel == 1  # settled inside: one call, no plain op
+    monkeypatch.undo()
+    assert torch.equal(codes, plain.encode(x, 4))
+    assert codes[0, 1, 0].item() == 5
+
+
+@torch.no_grad()
 def test_follows_codebook_changes() -> None:
     fused, plain = _pair()
     x = torch.randn(1, 48, 2)
