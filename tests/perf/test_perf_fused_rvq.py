@@ -68,20 +68,31 @@ def test_fused_codes_equal_the_plain_path(monkeypatch, threads, batch, frames) -
     assert torch.equal(fused.encode(x, 3), plain.encode(x, 3))  # fewer codebooks
 
 
+def _second_stage_input(fused: rvq.ResidualVQ, x: torch.Tensor) -> torch.Tensor:
+    """[dim] what codebook 1 sees for the first vector of x (its residual after codebook 0)."""
+    residual = fused.input_proj(x)[0].T.contiguous()  # [T, dim]
+    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual)]
+    return residual[0] - first[0]
+
+
+def _place(models: tuple[rvq.ResidualVQ, ...], **centroids: torch.Tensor) -> None:
+    """Set codebook 1's centroids, e.g. c5=..., in every model."""
+    for c in models:
+        for name, value in centroids.items():
+            i = int(name[1:])
+            c.codebooks[1].embedding_sum[i] = value.float() * c.codebooks[1].cluster_usage[i]
+
+
 @torch.no_grad()
 def test_near_ties_go_to_the_plain_op(monkeypatch) -> None:
     """A residual exactly between two centroids: the kernel stops before that codebook, the
     plain op decides it, the kernel goes on with the rest."""
     fused, plain = _pair(n_q=4, bins=64, dim=8)
     x = torch.randn(1, 48, 1)
-    residual = fused.input_proj(x)[0, :, 0]
-    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual[None])[0]]
-    r1 = residual - first  # what codebook 1 sees
+    r1 = _second_stage_input(fused, x)
     offset = torch.zeros(8)
     offset[0] = 0.01
-    for c in (fused, plain):  # centroids 5 and 9 mirror each other around r1, the nearest pair
-        c.codebooks[1].embedding_sum[5] = (r1 + offset) * c.codebooks[1].cluster_usage[5]
-        c.codebooks[1].embedding_sum[9] = (r1 - offset) * c.codebooks[1].cluster_usage[9]
+    _place((fused, plain), c5=r1 + offset, c9=r1 - offset)  # mirrored around r1: the nearest pair
     count = _Count(monkeypatch)
     codes = fused.encode(x, 4)
     assert count.plain_op == 1 and count.kernel == 2  # stages 0 | 1 by the plain op | 2-3
@@ -98,14 +109,10 @@ def test_near_ties_reach_the_plain_op_in_the_plain_paths_layout(monkeypatch) -> 
     full-size random model: 5 of 1,500 random latents coded differently before."""
     fused, plain = _pair(n_q=4, bins=64, dim=8)
     x = torch.randn(1, 48, 2)
-    residual = fused.input_proj(x)[0].T  # [2, dim]
-    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual.contiguous())]
-    r1 = residual[0] - first[0]
+    r1 = _second_stage_input(fused, x)
     offset = torch.zeros(8)
     offset[0] = 0.01
-    for c in (fused, plain):  # an exact tie for codebook 1 on the first row
-        c.codebooks[1].embedding_sum[5] = (r1 + offset) * c.codebooks[1].cluster_usage[5]
-        c.codebooks[1].embedding_sum[9] = (r1 - offset) * c.codebooks[1].cluster_usage[9]
+    _place((fused, plain), c5=r1 + offset, c9=r1 - offset)  # an exact tie on the first row
     seen: dict[str, list[torch.Tensor]] = {"fused": [], "plain": []}
     encode = Codebook.encode
     for name, model in (("plain", plain), ("fused", fused)):
@@ -129,9 +136,7 @@ def test_close_calls_the_bound_can_settle_stay_in_the_kernel(monkeypatch) -> Non
     enough that the exact sums prove what any summation order gives. No plain op runs."""
     fused, plain = _pair(n_q=4, bins=64, dim=8)
     x = torch.randn(1, 48, 1)
-    residual = fused.input_proj(x)[0, :, 0]
-    first = fused.codebooks[0].embedding[fused.codebooks[0].encode(residual[None])[0]]
-    r1 = (residual - first).double()
+    r1 = _second_stage_input(fused, x).double()
     n = 8 + 2
     gamma = n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
     x2 = float(r1.pow(2).sum())
@@ -143,9 +148,7 @@ def test_close_calls_the_bound_can_settle_stay_in_the_kernel(monkeypatch) -> Non
     offset[0] = 0.01
     gap = 2.5 * gamma * (screen(r1 + offset) + screen(r1 - offset))
     stretch = (1 + gap / float(offset.pow(2).sum())) ** 0.5  # |r1 - c9|^2 = |r1 - c5|^2 + gap
-    for c in (fused, plain):
-        c.codebooks[1].embedding_sum[5] = (r1 + offset).float() * c.codebooks[1].cluster_usage[5]
-        c.codebooks[1].embedding_sum[9] = (r1 - stretch * offset).float() * c.codebooks[1].cluster_usage[9]
+    _place((fused, plain), c5=r1 + offset, c9=r1 - stretch * offset)
     count = _Count(monkeypatch)
     codes = fused.encode(x, 4)
     assert count.plain_op == 0 and count.kernel == 1  # settled inside: one call, no plain op
