@@ -42,6 +42,11 @@ class Speedups:
     # a streamed frame's residual quantization (1-4 vectors through 8 codebooks) as one numba
     # kernel: the distance GEMMs at the memory's pace, no per-codebook PyTorch ops; needs numba
     fused_rvq: bool = True
+    # the large weights (all a streamed frame streams through) in memory backed by 2 MiB
+    # pages (Linux transparent huge pages, "madvise" or "always" mode): ~160 page-table
+    # entries for ~330 MB instead of ~80,000; the numba GEMMs read a transformer's weights
+    # 1.15x faster on the EPYC machine. Values and results unchanged; elsewhere a no-op
+    huge_pages: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -73,6 +78,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
     """Set the per-module switches of `model` (its convolutions, attentions and codebooks)."""
     from ..modules.conv import CausalConv1d, CausalConvTranspose1d
     from ..modules.gemm import Linear
+    from ..modules.huge_pages import move_weights
     from ..modules.transformer import SelfAttention, Transformer, TransformerLayer
     from ..quantization.codebook import Codebook
     from ..quantization.rvq import ResidualVQ
@@ -96,6 +102,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.fused = speedups.fused_layer
         elif isinstance(m, TransformerLayer):
             m._fused_weights.forget()
+    move_weights(model, speedups.huge_pages)
 
 
 def _set_layout(w: nn.Parameter, input_major: bool) -> None:

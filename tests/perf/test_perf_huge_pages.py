@@ -1,0 +1,121 @@
+"""The `huge_pages` speedup: a model's large weights move into memory the kernel backs with
+2 MiB pages, with their values, shapes and strides unchanged, and back out when it is
+switched off; loading, copying and pickling keep working."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from mimi_codec import MimiModel
+from mimi_codec.models.speedups import Speedups
+from mimi_codec.modules import huge_pages
+
+pytestmark = pytest.mark.skipif(not huge_pages.available(),
+                                reason="no transparent huge pages (Linux, 'madvise' or 'always')")
+
+
+class _Net(nn.Module):
+    """Two large layers (2 MiB and 4 MiB weights), one small, one tied pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Linear(1024, 512)
+        self.bigger = nn.Linear(512, 2048, bias=False)
+        self.small = nn.Linear(8, 8)
+        self.tied = nn.Linear(1024, 512, bias=False)
+        self.tied.weight = self.big.weight
+
+
+def _huge_kib(arena: huge_pages.Arena) -> int:
+    """AnonHugePages of the mapping holding the arena, from /proc/self/smaps."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= arena.start < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return 0
+
+
+def test_large_weights_move_with_values_shapes_and_strides() -> None:
+    torch.manual_seed(0)
+    net = _Net()
+    net.bigger.weight.data = net.bigger.weight.data.t().contiguous().t()  # input-major strides
+    before = {k: (v.clone(), v.stride()) for k, v in net.state_dict().items()}
+    moved = huge_pages.move_weights(net, True)
+    arena = net._huge_arena
+    assert moved == (512 * 1024 + 2048 * 512) * 4  # the tied weight once, nothing small
+    assert arena.contains(net.big.weight) and arena.contains(net.bigger.weight)
+    assert not arena.contains(net.small.weight) and not arena.contains(net.big.bias)
+    assert net.tied.weight is net.big.weight
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+    assert _huge_kib(arena) >= 2048  # the kernel did back it with huge pages
+    assert huge_pages.move_weights(net, True) == moved and net._huge_arena is arena  # no second move
+    huge_pages.move_weights(net, False)
+    assert net._huge_arena is None and not arena.contains(net.big.weight)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+
+
+@torch.no_grad()
+def test_mimi_streams_the_same_bits_from_huge_pages() -> None:
+    from mimi_moshi_cli.bench import random_mimi, synthetic_speech
+
+    fast = random_mimi(0)  # full size, codebooks fitted to its latents
+    assert fast.speedups.huge_pages and fast._huge_arena is not None
+    arena = fast._huge_arena
+    assert arena.contains(fast.encoder_transformer.layers[0].linear1.weight)
+    plain = copy.deepcopy(fast)  # the copy holds ordinary tensors
+    assert plain._huge_arena is None and not arena.contains(plain.encoder_transformer.layers[0].linear1.weight)
+    plain.set_speedups(Speedups().without("huge_pages"))
+    wav = torch.from_numpy(synthetic_speech(0.24, seed=5))[None, None]  # 3 frames
+    out = []
+    for model in (fast, plain):
+        with model.streaming(1):
+            codes = torch.cat([model.encode(wav[..., i:i + 1920]) for i in range(0, wav.shape[-1], 1920)], -1)
+            out.append((codes, model.decode(codes)))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])  # bit for bit
+    assert len(out[0][0].unique()) > 8  # varied codes, not one code everywhere
+
+
+def test_loading_and_copying() -> None:
+    torch.manual_seed(0)
+    model = MimiModel().eval()
+    arena = model._huge_arena
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["decoder_transformer.layers.0.linear1.weight"].mul_(2)
+    model.load_state_dict(state)  # in place: stays in the arena
+    w = model.decoder_transformer.layers[0].linear1.weight
+    assert model._huge_arena is arena and arena.contains(w)
+    assert torch.equal(w, state["decoder_transformer.layers.0.linear1.weight"])
+    model.load_state_dict(state, assign=True)  # new tensors: moved into a fresh arena
+    assert model._huge_arena is not arena and model._huge_arena.contains(model.decoder_transformer.layers[0].linear1.weight)
+    again = copy.deepcopy(model)
+    assert again._huge_arena is None
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_a_pickled_module_holds_ordinary_tensors() -> None:
+    net = _Net()
+    huge_pages.move_weights(net, True)
+    again = pickle.loads(pickle.dumps(net))
+    assert again._huge_arena is None
+    for (k, v), w in zip(net.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_nothing_moves_where_huge_pages_are_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(huge_pages, "available", lambda: False)
+    net = _Net()
+    ptr = net.big.weight.data_ptr()
+    assert huge_pages.move_weights(net, True) == 0
+    assert net.big.weight.data_ptr() == ptr and net._huge_arena is None
