@@ -19,6 +19,7 @@ import functools
 import mmap
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -104,9 +105,17 @@ def _large(module: nn.Module) -> list[torch.Tensor]:
     return found
 
 
-def _rebind(t: torch.Tensor, data: torch.Tensor) -> None:
-    with torch.no_grad():
-        t.data = data
+def _relocate(tensors: list[torch.Tensor],
+              copy: Callable[[torch.Tensor], torch.UntypedStorage]) -> dict[int, torch.UntypedStorage]:
+    """Rebind each tensor's `.data` to `copy(t.data)`, a new storage with the same bytes;
+    tensors sharing a storage share its copy. Returns the new storages by old address."""
+    storages: dict[int, torch.UntypedStorage] = {}
+    for t, key in [(t, t.untyped_storage().data_ptr()) for t in tensors]:  # keys before rebinding
+        if key not in storages:
+            storages[key] = copy(t.data)
+        with torch.no_grad():
+            t.data = _view(storages[key], t)
+    return storages
 
 
 def move_weights(module: nn.Module, on: bool) -> int:
@@ -127,12 +136,8 @@ def move_weights(module: nn.Module, on: bool) -> int:
     arena = getattr(module, "_huge_arena", None)
     if not on or not available():
         if arena is not None:
-            moved = {}
-            for t, key in [(t, t.untyped_storage().data_ptr()) for t in tensors]:
-                if arena.start <= key < arena.end:
-                    if key not in moved:
-                        moved[key] = t.data.clone(memory_format=torch.preserve_format).untyped_storage()
-                    _rebind(t, _view(moved[key], t))
+            _relocate([t for t in tensors if arena.contains(t)],
+                      lambda d: d.clone(memory_format=torch.preserve_format).untyped_storage())
             _forget_views(module)
         module._huge_arena = None  # type: ignore[assignment]
         return 0
@@ -140,11 +145,7 @@ def move_weights(module: nn.Module, on: bool) -> int:
     if arena is not None and all(arena.contains(t) for t in tensors):
         return sum(t.untyped_storage().nbytes() for t in unique.values())
     arena = Arena(sum(t.untyped_storage().nbytes() + ALIGN for t in unique.values()))
-    storages: dict[int, torch.UntypedStorage] = {}
-    for t, key in [(t, t.untyped_storage().data_ptr()) for t in tensors]:  # keys before rebinding
-        if key not in storages:
-            storages[key] = arena.place(t.data)
-        _rebind(t, _view(storages[key], t))
+    storages = _relocate(tensors, arena.place)
     _forget_views(module)
     module._huge_arena = arena  # type: ignore[assignment]
     return sum(s.nbytes() for s in storages.values())
