@@ -47,6 +47,11 @@ class Speedups:
     # entries for ~330 MB instead of ~80,000; the numba GEMMs read a transformer's weights
     # 1.15x faster on the EPYC machine. Values and results unchanged; elsewhere a no-op
     huge_pages: bool = True
+    # a streamed frame's convolutions of 5-4096 output steps (the SEANets' stride-1 and
+    # downsampling convs) as a numba GEMM over overlapping windows of a time-major copy of
+    # the input, instead of PyTorch's convolution (whose per-call setup costs as much as
+    # the arithmetic at these sizes); needs numba
+    numba_conv: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -92,6 +97,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.numba_gemm = speedups.numba_gemm
         if isinstance(m, (CausalConv1d, CausalConvTranspose1d)):
             m.matmul_small = speedups.matmul_conv
+            m.numba_conv = speedups.numba_conv
         elif isinstance(m, Codebook):
             m.cache_distances = speedups.cache_distances
         elif isinstance(m, ResidualVQ):

@@ -7,7 +7,9 @@ cannot drift apart: a fresh `ConvState` is exactly the causal left padding.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -15,9 +17,23 @@ from torch.nn import functional as F
 
 from . import gemm
 
+if TYPE_CHECKING:
+    import numpy as np
+
 #: Convolutions whose output has at most this many steps run as one matmul when
 #: `matmul_small` is on (streaming calls: 1..16 steps at the low-rate, wide layers).
 MATMUL_MAX_STEPS = 64
+#: With `numba_conv` on, convolutions of this many output steps run as the numba window GEMM
+#: (a streamed frame's: 16-1920 steps). Fewer steps take the few-row GEMM kernels, which
+#: read a wide layer's weights at the memory's pace; more are whole-file work.
+NUMBA_CONV_STEPS = range(gemm.NUMBA_MAX_ROWS + 1, 4097)
+#: ... and at least this many numbers per window (C_in * K): below, the sums are too short to
+#: pay for the kernel (the encoder's first conv, 1 channel x 7 taps, is faster in PyTorch).
+NUMBA_CONV_MIN_WINDOW = 32
+#: The window GEMM's tiles: this many windows by as many weight-row pairs as fit in these
+#: bytes (so a tile's weights stay in L2 while its windows pass; one tile per core at least).
+WINDOW_ROW_TILE = 64
+WINDOW_TILE_BYTES = 128 * 1024
 
 
 @dataclass
@@ -77,6 +93,8 @@ class CausalConv1d(nn.Conv1d):
         self.numba_gemm = False
         #: "fp16": that matmul with float16 weights (changes results; see gemm.py).
         self.gemm_precision = "fp32"
+        #: speedup switch: NUMBA_CONV_STEPS-step outputs through the numba window GEMM.
+        self.numba_conv = False
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvState:
@@ -95,6 +113,8 @@ class CausalConv1d(nn.Conv1d):
         assert x.shape[-1] % self.stride[0] == 0, "length must be a multiple of the stride"
         if state is None:
             state = self.init_state(x.shape[0])
+        if self.numba_conv and self._numba_conv_applies(x):
+            return self._window_conv(x, state)
         ctx = self.context
         if ctx:
             if state.first and self.pad_mode == "replicate":
@@ -106,6 +126,34 @@ class CausalConv1d(nn.Conv1d):
         if self.matmul_small and self.groups == 1 and steps <= MATMUL_MAX_STEPS:
             return self._matmul_conv(x)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def _numba_conv_applies(self, x: torch.Tensor) -> bool:
+        return ((x.shape[-1] + self.context - self.kernel_size[0]) // self.stride[0] + 1 in NUMBA_CONV_STEPS
+                and self.dilation[0] == 1 and _numba_applies(self, x))
+
+    def _window_conv(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
+        """The convolution as the numba window GEMM over a time-major copy of [context, x].
+
+        Returns [B, C_out, T_out] as a view of a time-major [B, T_out, C_out] array: the
+        elementwise ops after it keep that layout, so the next convolution's copy is a plain one.
+        """
+        import numpy as np
+
+        B, C, T = x.shape
+        ctx = self.context
+        buf = np.empty((B, ctx + T, C), dtype=np.float32)
+        view = buf.transpose(0, 2, 1)  # [B, C, ctx + T]
+        view[..., ctx:] = x.detach().numpy()
+        if ctx:  # numpy, not torch, for these small copies: a few us each instead of ~10
+            previous = state.previous.numpy()
+            if state.first and self.pad_mode == "replicate":
+                previous[...] = view[..., ctx:ctx + 1]
+            view[..., :ctx] = previous
+            previous[...] = view[..., T:]
+        state.first = False
+        steps = (ctx + T - self.kernel_size[0]) // self.stride[0] + 1
+        return torch.from_numpy(_run_window(self, buf, self.stride[0] * C, steps, self.out_channels,
+                                            _out_by_time)).transpose(1, 2)
 
     def _matmul_conv(self, x: torch.Tensor) -> torch.Tensor:
         """F.conv1d (no padding) as [B, T_out, C_in * K] @ [C_in * K, C_out]: for few output
@@ -146,6 +194,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         self.numba_gemm = False
         #: "fp16": that matmul with float16 weights (changes results; see gemm.py).
         self.gemm_precision = "fp32"
+        #: speedup switch: inputs of NUMBA_CONV_STEPS steps through the numba window GEMM.
+        self.numba_conv = False
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvTrState:
@@ -163,6 +213,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         """
         if state is None:
             state = self.init_state(x.shape[0])
+        if self.numba_conv and self._numba_conv_applies(x):
+            return self._window_convtr(x, state)
         if (self.matmul_small and self.groups == 1 and x.shape[-1] <= MATMUL_MAX_STEPS
                 and self.kernel_size[0] % self.stride[0] == 0):
             y = self._matmul_convtr(x)
@@ -177,6 +229,37 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
             state.partial.copy_(tail)
             y = y[..., : y.shape[-1] - pt]
         return y
+
+    def _numba_conv_applies(self, x: torch.Tensor) -> bool:
+        return (x.shape[-1] in NUMBA_CONV_STEPS and self.kernel_size[0] % self.stride[0] == 0
+                and _numba_applies(self, x))
+
+    def _window_convtr(self, x: torch.Tensor, state: ConvTrState) -> torch.Tensor:
+        """F.conv_transpose1d (K = n * stride) as the numba window GEMM, then the overlap.
+
+        Output step t * stride + r sums input steps t, t - 1, ..., t - n + 1 against the
+        weight's taps r + q * stride, so with the input time-major (and n - 1 zero steps on
+        both sides) each input window of n steps gives `stride` output steps at once: a
+        [T + n - 1, n * C_in] @ [n * C_in, stride * C_out] GEMM whose output, read as
+        [(T + n - 1) * stride, C_out], is the full transposed convolution, time-major. Its
+        first K - stride steps get the state's overlap, its last become the next one.
+        Returns [B, C_out, T * stride], a view of a time-major array.
+        """
+        import numpy as np
+
+        B, C, T = x.shape
+        s, n, pt = self.stride[0], self.kernel_size[0] // self.stride[0], self.overlap
+        buf = np.zeros((B, T + 2 * (n - 1), C), dtype=np.float32)
+        buf[:, n - 1:n - 1 + T] = x.detach().numpy().transpose(0, 2, 1)
+        y = _run_window(self, buf, C, T + n - 1, s * self.out_channels, _phases_by_window(s))
+        y = y.reshape(B, (T + n - 1) * s, self.out_channels)
+        if pt:  # in numpy: these small ops cost a few us each, ~10 in torch
+            partial = state.partial.numpy().transpose(0, 2, 1)  # [B, pt, C_out]
+            y[:, :pt] += partial
+            partial[...] = y[:, T * s:]
+            if self.bias is not None:
+                partial -= self.bias.detach().numpy()
+        return torch.from_numpy(y[:, :T * s]).transpose(1, 2)
 
     def _matmul_convtr(self, x: torch.Tensor) -> torch.Tensor:
         """F.conv_transpose1d (K a multiple of the stride) as [B, T, C_in] @ [C_in, C_out * K]
@@ -198,6 +281,69 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         if self.bias is not None:
             y = y + self.bias[:, None]
         return y
+
+
+def _numba_applies(conv: nn.Conv1d, x: torch.Tensor) -> bool:
+    """Whether `conv` (switched to numba_conv) can run `x` through the window GEMM."""
+    return (conv.groups == 1 and conv.gemm_precision == "fp32"  # type: ignore[attr-defined]
+            and conv.in_channels * conv.kernel_size[0] >= NUMBA_CONV_MIN_WINDOW
+            and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == conv.weight.dtype == torch.float32
+            and gemm.numba_allowed() and _window_kernels() is not None)
+
+
+def _run_window(conv: nn.Module, buf: "np.ndarray", step: int, rows: int, cols: int,
+                as_out_by_window: Callable[[torch.Tensor], torch.Tensor]) -> "np.ndarray":
+    """The window GEMM of `conv` over buf [B, L, C_in] (time-major, C-contiguous numpy):
+    windows starting every `step` numbers, against `as_out_by_window(weight)` ([cols, window]),
+    plus the bias (repeated to `cols`). Returns [B, rows, cols]."""
+    import numpy as np
+
+    B = buf.shape[0]
+    packed: gemm.PackedWeight = conv._packed  # type: ignore[assignment]
+    w = packed.get(conv.weight, as_out_by_window, f"numba_{as_out_by_window.__name__}")  # type: ignore[arg-type]
+    if conv.bias is not None:
+        bias = packed.get(conv.bias, functools.partial(_repeated, cols), f"numba_bias_{cols}")  # type: ignore[arg-type]
+    else:
+        bias = np.zeros(cols, dtype=np.float32)
+    out = np.empty((B, rows, cols), dtype=np.float32)
+    pair_tile = max(1, min((cols + 1) // 2, WINDOW_TILE_BYTES // (8 * w.shape[1])))  # type: ignore[union-attr]
+    gemm.run_numba(*_window_kernels(), buf.reshape(B, -1), step, w, bias, out,  # type: ignore[misc]
+                   WINDOW_ROW_TILE, pair_tile)
+    return out
+
+
+def _repeated(cols: int, bias: torch.Tensor) -> torch.Tensor:
+    return bias.repeat(cols // bias.shape[0])
+
+
+@functools.cache
+def _window_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """The (serial, parallel) numba window GEMMs of `_numba_conv`, or None without numba."""
+    try:
+        from ._numba_conv import window_conv, window_conv_parallel
+    except ImportError:
+        return None
+    return window_conv, window_conv_parallel
+
+
+def _out_by_time(w: torch.Tensor) -> torch.Tensor:
+    """Conv weight [C_out, C_in, K] as the [C_out, K * C_in] matrix of the window GEMM
+    (kernel position major, input channel fastest: the time-major input's order)."""
+    return w.permute(0, 2, 1).reshape(w.shape[0], -1)
+
+
+@functools.cache
+def _phases_by_window(stride: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Transposed-conv weight [C_in, C_out, n * stride] as the [stride * C_out, n * C_in]
+    matrix of the window GEMM: row r * C_out + o is output phase r of channel o, column
+    j * C_in + i is input channel i at window step j (tap (n - 1 - j) * stride + r)."""
+    def phases_by_window(w: torch.Tensor) -> torch.Tensor:
+        c_in, c_out, k = w.shape
+        taps = w.view(c_in, c_out, k // stride, stride).flip(2)  # [C_in, C_out, j, r]
+        return taps.permute(3, 1, 2, 0).reshape(stride * c_out, -1)
+    phases_by_window.__name__ = f"phases_by_window_{stride}"
+    return phases_by_window
 
 
 def _out_by_rest(w: torch.Tensor) -> torch.Tensor:

@@ -186,8 +186,9 @@ class PackedWeight(EmptyWhenCopied):
         Args:
             source: the module's weight parameter (its storage and version key the cache).
             as_out_in: maps it to the [N, K] matrix of y = x @ W^T.
-            kind: "fp32" (oneDNN's layout), "fp16" (FBGEMM, with `bias` packed in) or "numba"
-                (a contiguous float32 numpy array, the weight itself when it already is one).
+            kind: "fp32" (oneDNN's layout), "fp16" (FBGEMM, with `bias` packed in), or "numba"
+                or another name starting so (a contiguous float32 numpy array, the weight
+                itself when it already is one; one entry per name, for different `as_out_in`).
             bias: [N] or None, for "fp16".
         Returns:
             the packed weight, for `fast_linear`.
@@ -199,7 +200,7 @@ class PackedWeight(EmptyWhenCopied):
         w = as_out_in(source.detach()).contiguous()
         if kind == "fp16":
             packed: object = torch.ops.quantized.linear_prepack_fp16(w, None if bias is None else bias.detach())
-        elif kind == "numba":
+        elif kind.startswith("numba"):
             packed = w.numpy()
         else:
             packed = torch.ops.mkldnn._reorder_linear_weight(w)
