@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import QuantizerConfig
 from ..modules import gemm
+from ..modules.conv import CausalConv1d
 from .codebook import Codebook
 
 
@@ -20,8 +21,10 @@ class ResidualVQ(nn.Module):
 
     def __init__(self, n_q: int, cfg: QuantizerConfig) -> None:
         super().__init__()
-        self.input_proj = nn.Conv1d(cfg.input_dimension, cfg.dimension, 1, bias=False)
-        self.output_proj = nn.Conv1d(cfg.dimension, cfg.output_dimension, 1, bias=False)
+        # 1x1 convolutions (nn.Conv1d's parameters and arithmetic), with the speedup switches
+        # of the SEANet's: a streamed frame's 1-step projections take the few-row GEMMs
+        self.input_proj = CausalConv1d(cfg.input_dimension, cfg.dimension, 1, bias=False)
+        self.output_proj = CausalConv1d(cfg.dimension, cfg.output_dimension, 1, bias=False)
         self.codebooks = nn.ModuleList([Codebook(cfg.dimension, cfg.bins) for _ in range(n_q)])
         #: speedup switch: encode calls of 1-4 vectors as one numba kernel (`_fused_encode`).
         self.fused = False

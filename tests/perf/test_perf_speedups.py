@@ -112,6 +112,36 @@ def test_matmul_convtr_equals_conv_transpose(cin, cout, stride, steps) -> None:
     torch.testing.assert_close(got[0], full[..., : steps * stride], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@torch.no_grad()
+def test_depthwise_convtr_equals_grouped_conv_transpose(monkeypatch, bias) -> None:
+    torch.manual_seed(0)
+    conv = CausalConvTranspose1d(16, 16, 4, stride=2, groups=16, bias=bias)  # Mimi's upsample
+    fast_state, ref_state = conv.init_state(2), conv.init_state(2)
+    xs = [torch.randn(2, 16, t) for t in (1, 1, 3)]
+    conv.matmul_small = False
+    ref = [conv(x, ref_state) for x in xs]
+    monkeypatch.setattr(F, "conv_transpose1d", None)  # the fast path must not call it
+    conv.matmul_small = True
+    got = [conv(x, fast_state) for x in xs]
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fast_state.partial, ref_state.partial, atol=1e-6, rtol=1e-6)
+    assert torch.equal(got[0], ref[0])  # one step: the same products, the same sums
+
+
+@torch.no_grad()
+def test_quantizer_projections_take_the_few_row_gemms(fixtures_dir) -> None:
+    model = _load_tiny(fixtures_dir, Speedups.all())
+    rvq = model.quantizer.semantic
+    x = torch.randn(1, rvq.input_proj.in_channels, 1)
+    want = F.conv1d(x, rvq.input_proj.weight)
+    torch.testing.assert_close(rvq.input_proj(x), want, atol=1e-6, rtol=1e-6)
+    assert rvq.input_proj._packed._packed  # packed: the fast GEMM ran, not F.conv1d
+    model.set_speedups(None)
+    assert torch.equal(rvq.input_proj(x), want)  # the plain path is nn.Conv1d's arithmetic
+
+
 @torch.no_grad()  # the cached operand is an inference-only path
 def test_cached_distances_give_cdist_codes() -> None:
     g = torch.Generator().manual_seed(0)
