@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 #: `matmul_small` is on (streaming calls: 1..16 steps at the low-rate, wide layers).
 MATMUL_MAX_STEPS = 64
 #: With `numba_conv` on, convolutions of this many output steps run as the numba window GEMM
-#: (a streamed frame's: 16-1920 steps). Fewer steps take the few-row GEMM kernels, which
-#: read a wide layer's weights at the memory's pace; more are whole-file work.
-NUMBA_CONV_STEPS = range(gemm.NUMBA_MAX_ROWS + 1, 4097)
+#: (a streamed frame's: 1-1920 steps; for the wide layers' 1-2 steps it reads the weights at
+#: the memory's pace, as the few-row GEMMs do); more are whole-file work.
+NUMBA_CONV_STEPS = range(1, 4097)
 #: ... and at least this many numbers per window (C_in * K): below, the sums are too short to
 #: pay for the kernel (the encoder's first conv, 1 channel x 7 taps, is faster in PyTorch).
 NUMBA_CONV_MIN_WINDOW = 32

@@ -49,6 +49,8 @@ def _counting(monkeypatch) -> list[int]:
     (256, 512, 12, 6, 16, "constant"),
     (64, 1, 3, 1, 96, "constant"),     # one output channel (an odd weight row)
     (48, 7, 5, 1, 13, "replicate"),    # odd everything: tails of the 4-row and tile loops
+    (512, 1024, 16, 8, 2, "constant"),  # a wide, weight-bound layer's 2 steps
+    (1024, 512, 3, 1, 1, "constant"),
 ])
 @torch.no_grad()
 def test_streamed_conv_equals_conv1d(monkeypatch, cin, cout, k, stride, steps, pad_mode) -> None:
@@ -69,7 +71,7 @@ def test_streamed_conv_equals_conv1d(monkeypatch, cin, cout, k, stride, steps, p
 
 
 @pytest.mark.parametrize("cin,cout,stride,steps", [(128, 64, 4, 480), (256, 128, 5, 96), (512, 256, 6, 16),
-                                                   (40, 3, 2, 9)])
+                                                   (1024, 512, 8, 2), (40, 3, 2, 9), (32, 16, 2, 1)])
 @torch.no_grad()
 def test_streamed_transposed_conv_equals_conv_transpose(monkeypatch, cin, cout, stride, steps) -> None:
     ref, fast = _pair(CausalConvTranspose1d, cin, cout, 2 * stride, stride=stride)
@@ -114,7 +116,7 @@ def test_rebuilds_its_weights_after_an_edit() -> None:
 def test_stays_out_of_the_calls_it_does_not_serve(monkeypatch) -> None:
     runs = _counting(monkeypatch)
     cases = [
-        (CausalConv1d(64, 32, 3), torch.randn(1, 64, gemm.NUMBA_MAX_ROWS)),  # few rows: numba_gemm's
+        (CausalConv1d(64, 32, 3), torch.randn(1, 64, conv_mod.NUMBA_CONV_STEPS.stop)),  # whole-file size
         (CausalConv1d(64, 32, 3, dilation=2), torch.randn(1, 64, 20)),  # windows not contiguous
         (CausalConv1d(64, 32, 3, groups=2), torch.randn(1, 64, 20)),
         (CausalConv1d(1, 64, 7), torch.randn(1, 1, 20)),  # a 7-number window: PyTorch is faster
