@@ -52,6 +52,11 @@ class Speedups:
     # the input, instead of PyTorch's convolution (whose per-call setup costs as much as
     # the arithmetic at these sizes); needs numba
     numba_conv: bool = True
+    # on numba_conv's path, the ELU before each SEANet convolution (every ELU there is one)
+    # done in that path's input copy by a numba kernel that the compiler vectorises, instead
+    # of PyTorch's ELU (a scalar expm1 per element here, ~1.6 ns with 2 threads): within
+    # 0.88 ulp of the true value, as PyTorch's is within 0.75
+    numba_elu: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -98,6 +103,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
         if isinstance(m, (CausalConv1d, CausalConvTranspose1d)):
             m.matmul_small = speedups.matmul_conv
             m.numba_conv = speedups.numba_conv
+            m.numba_elu = speedups.numba_elu
         elif isinstance(m, Codebook):
             m.cache_distances = speedups.cache_distances
         elif isinstance(m, ResidualVQ):

@@ -95,6 +95,8 @@ class CausalConv1d(nn.Conv1d):
         self.gemm_precision = "fp32"
         #: speedup switch: NUMBA_CONV_STEPS-step outputs through the numba window GEMM.
         self.numba_conv = False
+        #: speedup switch: on that path, an ELU before the conv by the numba kernel, in the copy.
+        self.numba_elu = False
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvState:
@@ -103,10 +105,13 @@ class CausalConv1d(nn.Conv1d):
                            device=self.weight.device, dtype=self.weight.dtype)
         return ConvState(prev)
 
-    def forward(self, x: torch.Tensor, state: ConvState | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, state: ConvState | None = None,  # type: ignore[override]
+                elu: float | None = None) -> torch.Tensor:
         """Args:
             x: [B, C_in, T] with T a positive multiple of the stride.
             state: streaming state, updated in place; None for a fresh one.
+            elu: if given, the input is ELU(x) with this alpha (the SEANets' ELU before each
+                convolution, done here so the numba path can fuse it into its input copy).
         Returns:
             [B, C_out, T / stride]
         """
@@ -114,7 +119,11 @@ class CausalConv1d(nn.Conv1d):
         if state is None:
             state = self.init_state(x.shape[0])
         if self.numba_conv and self._numba_conv_applies(x):
-            return self._window_conv(x, state)
+            if elu is not None and not self.numba_elu:
+                x, elu = F.elu(x, elu), None
+            return self._window_conv(x, state, elu)
+        if elu is not None:
+            x = F.elu(x, elu)
         ctx = self.context
         if ctx:
             if state.first and self.pad_mode == "replicate":
@@ -131,7 +140,7 @@ class CausalConv1d(nn.Conv1d):
         return ((x.shape[-1] + self.context - self.kernel_size[0]) // self.stride[0] + 1 in NUMBA_CONV_STEPS
                 and self.dilation[0] == 1 and _numba_applies(self, x))
 
-    def _window_conv(self, x: torch.Tensor, state: ConvState) -> torch.Tensor:
+    def _window_conv(self, x: torch.Tensor, state: ConvState, elu: float | None = None) -> torch.Tensor:
         """The convolution as the numba window GEMM over a time-major copy of [context, x].
 
         Returns [B, C_out, T_out] as a view of a time-major [B, T_out, C_out] array: the
@@ -143,7 +152,9 @@ class CausalConv1d(nn.Conv1d):
         ctx = self.context
         buf = np.empty((B, ctx + T, C), dtype=np.float32)
         view = buf.transpose(0, 2, 1)  # [B, C, ctx + T]
-        view[..., ctx:] = x.detach().numpy()
+        buf[:, ctx:] = x.detach().numpy().transpose(0, 2, 1)  # a plain copy when x is time-major
+        if elu is not None:
+            _numba_elu_rows(buf[:, ctx:], elu)
         if ctx:  # numpy, not torch, for these small copies: a few us each instead of ~10
             previous = state.previous.numpy()
             if state.first and self.pad_mode == "replicate":
@@ -196,6 +207,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         self.gemm_precision = "fp32"
         #: speedup switch: inputs of NUMBA_CONV_STEPS steps through the numba window GEMM.
         self.numba_conv = False
+        #: speedup switch: on that path, an ELU before the conv by the numba kernel, in the copy.
+        self.numba_elu = False
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvTrState:
@@ -204,17 +217,23 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
                               device=self.weight.device, dtype=self.weight.dtype)
         return ConvTrState(partial)
 
-    def forward(self, x: torch.Tensor, state: ConvTrState | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, state: ConvTrState | None = None,  # type: ignore[override]
+                elu: float | None = None) -> torch.Tensor:
         """Args:
             x: [B, C_in, T]
             state: streaming state, updated in place; None for a fresh one.
+            elu: if given, the input is ELU(x) with this alpha (see CausalConv1d.forward).
         Returns:
             [B, C_out, T * stride]
         """
         if state is None:
             state = self.init_state(x.shape[0])
         if self.numba_conv and self._numba_conv_applies(x):
-            return self._window_convtr(x, state)
+            if elu is not None and not self.numba_elu:
+                x, elu = F.elu(x, elu), None
+            return self._window_convtr(x, state, elu)
+        if elu is not None:
+            x = F.elu(x, elu)
         if (self.matmul_small and self.groups == 1 and x.shape[-1] <= MATMUL_MAX_STEPS
                 and self.kernel_size[0] % self.stride[0] == 0):
             y = self._matmul_convtr(x)
@@ -237,7 +256,7 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         return (x.shape[-1] in NUMBA_CONV_STEPS and self.kernel_size[0] % self.stride[0] == 0
                 and _numba_applies(self, x))
 
-    def _window_convtr(self, x: torch.Tensor, state: ConvTrState) -> torch.Tensor:
+    def _window_convtr(self, x: torch.Tensor, state: ConvTrState, elu: float | None = None) -> torch.Tensor:
         """F.conv_transpose1d (K = n * stride) as the numba window GEMM, then the overlap.
 
         Output step t * stride + r sums input steps t, t - 1, ..., t - n + 1 against the
@@ -254,6 +273,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         s, n, pt = self.stride[0], self.kernel_size[0] // self.stride[0], self.overlap
         buf = np.zeros((B, T + 2 * (n - 1), C), dtype=np.float32)
         buf[:, n - 1:n - 1 + T] = x.detach().numpy().transpose(0, 2, 1)
+        if elu is not None:
+            _numba_elu_rows(buf[:, n - 1:n - 1 + T], elu)
         y = _run_window(self, buf, C, T + n - 1, s * self.out_channels, _phases_by_window(s))
         y = y.reshape(B, (T + n - 1) * s, self.out_channels)
         if pt:  # in numpy: these small ops cost a few us each, ~10 in torch
@@ -304,10 +325,10 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
 
 def _numba_applies(conv: nn.Conv1d, x: torch.Tensor) -> bool:
     """Whether `conv` (switched to numba_conv) can run `x` through the window GEMM."""
-    return (conv.groups == 1 and conv.gemm_precision == "fp32"  # type: ignore[attr-defined]
+    return (x.dtype == torch.float32 and not x.requires_grad and conv.groups == 1
             and conv.in_channels * conv.kernel_size[0] >= NUMBA_CONV_MIN_WINDOW
-            and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == conv.weight.dtype == torch.float32
+            and conv.gemm_precision == "fp32" and x.device.type == "cpu"  # type: ignore[attr-defined]
+            and not torch.is_grad_enabled() and conv._parameters["weight"].dtype == torch.float32
             and gemm.numba_allowed() and _window_kernels() is not None)
 
 
@@ -320,20 +341,52 @@ def _run_window(conv: nn.Module, buf: "np.ndarray", step: int, rows: int, cols: 
 
     B = buf.shape[0]
     packed: gemm.PackedWeight = conv._packed  # type: ignore[assignment]
-    w = packed.get(conv.weight, as_out_by_window, f"numba_{as_out_by_window.__name__}")  # type: ignore[arg-type]
-    if conv.bias is not None:
-        bias = packed.get(conv.bias, functools.partial(_repeated, cols), f"numba_bias_{cols}")  # type: ignore[arg-type]
-    else:
-        bias = np.zeros(cols, dtype=np.float32)
+    weight, bias = conv._parameters["weight"], conv._parameters["bias"]
+    w, b, pair_tile = packed.cached(  # type: ignore[misc]
+        f"numba_{as_out_by_window.__name__}", (weight, bias),
+        lambda: _window_operands(as_out_by_window(weight.detach()), bias, cols))
     out = np.empty((B, rows, cols), dtype=np.float32)
-    pair_tile = max(1, min((cols + 1) // 2, WINDOW_TILE_BYTES // (8 * w.shape[1])))  # type: ignore[union-attr]
-    gemm.run_numba(*_window_kernels(), buf.reshape(B, -1), step, w, bias, out,  # type: ignore[misc]
+    gemm.run_numba(*_window_kernels(), buf.reshape(B, -1), step, w, b, out,  # type: ignore[misc]
                    WINDOW_ROW_TILE, pair_tile)
     return out
 
 
-def _repeated(cols: int, bias: torch.Tensor) -> torch.Tensor:
-    return bias.repeat(cols // bias.shape[0])
+def _window_operands(matrix: torch.Tensor, bias: torch.Tensor | None,
+                     cols: int) -> tuple["np.ndarray", "np.ndarray", int]:
+    """(the weight matrix [cols, window] as numpy, the bias repeated to [cols], weight-row
+    pairs per tile)."""
+    import numpy as np
+
+    w = matrix.contiguous().numpy()
+    b = (np.zeros(cols, dtype=np.float32) if bias is None
+         else bias.detach().repeat(cols // bias.shape[0]).contiguous().numpy())
+    return w, b, max(1, min((cols + 1) // 2, WINDOW_TILE_BYTES // (8 * w.shape[1])))
+
+
+#: Below this many elements the numba ELU runs on the calling thread.
+ELU_SERIAL_BELOW = 32768
+
+
+def _numba_elu_rows(rows: "np.ndarray", alpha: float) -> None:
+    """ELU in place on rows [B, T, C] of a C-contiguous time-major buffer (each batch item's
+    rows are contiguous), by the vectorised numba kernel."""
+    serial, parallel = _elu_kernels()  # type: ignore[misc]
+    for b in range(rows.shape[0]):
+        flat = rows[b].reshape(-1)
+        if flat.shape[0] < ELU_SERIAL_BELOW:
+            serial(flat, alpha, flat)
+        else:
+            gemm.run_numba(serial, parallel, flat, alpha, flat)
+
+
+@functools.cache
+def _elu_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """The (serial, parallel) ELU kernels of `_numba_elu`, or None without numba."""
+    try:
+        from ._numba_elu import elu, elu_parallel
+    except ImportError:
+        return None
+    return elu, elu_parallel
 
 
 @functools.cache

@@ -49,6 +49,7 @@ PACKED_MAX_ROWS = 16
 NUMBA_MAX_ROWS = 4
 
 _numba_lock = threading.Lock()
+_numba_threads = threading.local()  # the thread count this thread last gave numba
 _numba_paused: contextvars.ContextVar[bool] = contextvars.ContextVar("mimi_numba_paused", default=False)
 R = TypeVar("R")
 
@@ -116,7 +117,9 @@ def run_numba(serial: Callable[..., R], parallel: Callable[..., R], *args: objec
     if threads <= 1:
         return serial(*args)
     with _numba_lock:  # numba's "workqueue" layer (where OpenMP is missing) is not thread-safe
-        numba.set_num_threads(threads)
+        if getattr(_numba_threads, "n", None) != threads:  # numba's own check costs ~20 us a call
+            numba.set_num_threads(threads)
+            _numba_threads.n = threads
         return parallel(*args)
 
 
@@ -206,6 +209,19 @@ class PackedWeight(EmptyWhenCopied):
             packed = torch.ops.mkldnn._reorder_linear_weight(w)
         self._packed[kind] = (key, packed)
         return packed
+
+
+    def cached(self, kind: str, sources: tuple[torch.Tensor | None, ...],
+               build: Callable[[], object]) -> object:
+        """`build()`, kept under `kind` until one of `sources` changes (its storage, version,
+        shape, strides or dtype): for forms `get` does not make."""
+        key = tuple(_tensor_key(t) if t is not None else None for t in sources)
+        hit = self._packed.get(kind)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        made = build()
+        self._packed[kind] = (key, made)
+        return made
 
 
 def _tensor_key(t: torch.Tensor) -> tuple[object, ...]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..config import SeanetConfig
 from .conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
@@ -70,18 +71,28 @@ class ResBlock(nn.Module):
         Returns:
             [B, dim, T]
         """
-        y = x
         convs = iter(state.convs)
-        for m in self.block:
-            y = m(y, next(convs)) if isinstance(m, CausalConv1d) else m(y)
+        y = _run(self.block, x, [next(convs) if isinstance(m, CausalConv1d) else None for m in self.block])
         skip = x if self.shortcut is None else self.shortcut(x, state.shortcut)
         return skip + y
 
 
-def _run(layers: nn.ModuleList, x: torch.Tensor, state: SeanetState) -> torch.Tensor:
-    for layer, st in zip(layers, state.layers):
-        x = layer(x) if st is None else layer(x, st)
-    return x
+def _run(layers: nn.ModuleList, x: torch.Tensor, states: list) -> torch.Tensor:
+    """The layers in turn, each with its state (None: stateless). An ELU is handed to the
+    convolution after it, which may fuse it into its input copy (`numba_elu`)."""
+    elu: float | None = None
+    for layer, st in zip(layers, states):
+        if isinstance(layer, nn.ELU):
+            if elu is not None:
+                x = F.elu(x, elu)
+            elu = layer.alpha
+        elif isinstance(layer, (CausalConv1d, CausalConvTranspose1d)):
+            x, elu = layer(x, st, elu=elu), None
+        else:
+            if elu is not None:
+                x, elu = F.elu(x, elu), None
+            x = layer(x) if st is None else layer(x, st)
+    return x if elu is None else F.elu(x, elu)
 
 
 def _init(layers: nn.ModuleList, batch_size: int) -> SeanetState:
@@ -120,7 +131,7 @@ class SeanetEncoder(nn.Module):
         Returns:
             [B, dimension, T / hop_length]
         """
-        return _run(self.model, x, state)
+        return _run(self.model, x, state.layers)
 
 
 class SeanetDecoder(nn.Module):
@@ -153,4 +164,4 @@ class SeanetDecoder(nn.Module):
         Returns:
             [B, channels, S * hop_length]
         """
-        return _run(self.model, z, state)
+        return _run(self.model, z, state.layers)

@@ -155,3 +155,44 @@ def test_window_kernel_tiles(row_tile, pair_tile) -> None:
     out = np.full((B, M, N), np.nan, dtype=np.float32)
     gemm.run_numba(*conv_mod._window_kernels(), x, step, w, bias, out, row_tile, pair_tile)
     np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-5)
+
+
+def test_numba_elu_is_within_one_ulp_of_the_true_value() -> None:
+    from mimi_codec.modules._numba_elu import elu, elu_parallel
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(200_000).astype(np.float32) * s for s in (1e-3, 0.3, 1, 4, 30)]
+                       + [-np.logspace(-30, 2, 20_000).astype(np.float32)])
+    exact = np.where(x > 0, x.astype(np.float64), np.expm1(x.astype(np.float64)))
+    for kernel in (elu, elu_parallel):
+        out = np.empty_like(x)
+        kernel(x, 1.0, out)
+        ulps = np.abs(out.astype(np.float64) - exact) / np.spacing(np.abs(out)).astype(np.float64)
+        assert ulps.max() < 1.0
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -200.0, 3.0], dtype=np.float32)
+    out = np.empty_like(special)
+    elu(special, 0.5, out)  # another alpha; in place works too
+    np.testing.assert_array_equal(out, [0.0, -0.0, np.inf, -0.5, np.nan, -0.5, 3.0])
+    assert np.signbit(out[1])
+    elu(special, 0.5, special)
+    np.testing.assert_array_equal(special, out)
+
+
+@pytest.mark.parametrize("cls,args,steps", [(CausalConv1d, (64, 32, 3), 1920),
+                                            (CausalConv1d, (64, 128, 8, 4), 30),
+                                            (CausalConvTranspose1d, (128, 64, 8, 4), 480)])
+@pytest.mark.parametrize("numba_elu", [True, False])
+@torch.no_grad()
+def test_the_elu_before_a_conv_is_fused_into_its_input_copy(monkeypatch, cls, args, steps, numba_elu) -> None:
+    ref, fast = _pair(cls, *args, **({"pad_mode": "replicate"} if cls is CausalConv1d else {}))
+    fast.numba_elu = numba_elu
+    elu_calls: list[int] = []
+    serial, parallel = conv_mod._elu_kernels()
+    monkeypatch.setattr(conv_mod, "_elu_kernels", lambda: (
+        lambda *a: (elu_calls.append(1), serial(*a)), lambda *a: (elu_calls.append(1), parallel(*a))))
+    ref_state, fast_state = ref.init_state(1), fast.init_state(1)
+    for _ in range(3):
+        x = torch.randn(1, args[0], steps * (args[3] if len(args) > 3 and cls is CausalConv1d else 1)) * 3
+        want = ref(torch.nn.functional.elu(x), ref_state)
+        torch.testing.assert_close(fast(x, fast_state, elu=1.0), want, atol=2e-5, rtol=1e-5)
+    assert len(elu_calls) == (3 if numba_elu else 0)
