@@ -104,6 +104,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.matmul_small = speedups.matmul_conv
             m.numba_conv = speedups.numba_conv
             m.numba_elu = speedups.numba_elu
+            m.huge_pages = speedups.huge_pages
         elif isinstance(m, Codebook):
             m.cache_distances = speedups.cache_distances
         elif isinstance(m, ResidualVQ):

@@ -97,6 +97,8 @@ class CausalConv1d(nn.Conv1d):
         self.numba_conv = False
         #: speedup switch: on that path, an ELU before the conv by the numba kernel, in the copy.
         self.numba_elu = False
+        #: speedup switch: that path's reordered weight copy in huge pages (see huge_pages.py).
+        self.huge_pages = False
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvState:
@@ -209,6 +211,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         self.numba_conv = False
         #: speedup switch: on that path, an ELU before the conv by the numba kernel, in the copy.
         self.numba_elu = False
+        #: speedup switch: that path's reordered weight copy in huge pages (see huge_pages.py).
+        self.huge_pages = False
         self._packed = gemm.PackedWeight()
 
     def init_state(self, batch_size: int) -> ConvTrState:
@@ -344,20 +348,26 @@ def _run_window(conv: nn.Module, buf: "np.ndarray", step: int, rows: int, cols: 
     weight, bias = conv._parameters["weight"], conv._parameters["bias"]
     w, b, pair_tile = packed.cached(  # type: ignore[misc]
         f"numba_{as_out_by_window.__name__}", (weight, bias),
-        lambda: _window_operands(as_out_by_window(weight.detach()), bias, cols))
+        lambda: _window_operands(weight, as_out_by_window(weight.detach()), bias, cols, conv.huge_pages))
     out = np.empty((B, rows, cols), dtype=np.float32)
     gemm.run_numba(*_window_kernels(), buf.reshape(B, -1), step, w, b, out,  # type: ignore[misc]
                    WINDOW_ROW_TILE, pair_tile)
     return out
 
 
-def _window_operands(matrix: torch.Tensor, bias: torch.Tensor | None,
-                     cols: int) -> tuple["np.ndarray", "np.ndarray", int]:
-    """(the weight matrix [cols, window] as numpy, the bias repeated to [cols], weight-row
-    pairs per tile)."""
+def _window_operands(weight: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None, cols: int,
+                     huge: bool) -> tuple["np.ndarray", "np.ndarray", int]:
+    """(`matrix`, the weight as [cols, window], as numpy: in huge pages if `huge` and it is a
+    reordered copy (a view of the weight is where the weight is); the bias repeated to
+    [cols]; weight-row pairs per tile)."""
     import numpy as np
 
-    w = matrix.contiguous().numpy()
+    from .huge_pages import huge_copy
+
+    dense = matrix.contiguous()
+    w = dense.numpy()
+    if huge and dense.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr():
+        w = huge_copy(w)
     b = (np.zeros(cols, dtype=np.float32) if bias is None
          else bias.detach().repeat(cols // bias.shape[0]).contiguous().numpy())
     return w, b, max(1, min((cols + 1) // 2, WINDOW_TILE_BYTES // (8 * w.shape[1])))

@@ -86,6 +86,19 @@ class Arena:
         return storage
 
 
+def huge_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` in a huge-page region of its own, for the weight forms the
+    kernels derive (transposed, repacked); `a` itself where huge pages are unavailable or it
+    is under MIN_BYTES. The region lives as long as the returned array."""
+    if not available() or a.nbytes < MIN_BYTES:
+        return a
+    arena = Arena(a.nbytes)
+    start = arena.start - arena.bytes.ctypes.data
+    out = arena.bytes[start: start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _view(storage: torch.UntypedStorage, like: torch.Tensor) -> torch.Tensor:
     """A tensor on `storage` with like's dtype, shape and strides."""
     return torch.empty(0, dtype=like.dtype).set_(storage, 0, like.shape, like.stride())

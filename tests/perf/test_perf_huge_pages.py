@@ -31,14 +31,15 @@ class _Net(nn.Module):
         self.tied.weight = self.big.weight
 
 
-def _huge_kib(arena: huge_pages.Arena) -> int:
-    """AnonHugePages of the mapping holding the arena, from /proc/self/smaps."""
+def _huge_kib(arena: "huge_pages.Arena | int") -> int:
+    """AnonHugePages of the mapping holding the arena (or an address), from /proc/self/smaps."""
+    where = arena if isinstance(arena, int) else arena.start
     inside = False
     for line in open("/proc/self/smaps"):
         head = line.split()[0]
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(v, 16) for v in head.split("-"))
-            inside = lo <= arena.start < hi
+            inside = lo <= where < hi
         elif inside and head == "AnonHugePages:":
             return int(line.split()[1])
     return 0
@@ -119,3 +120,27 @@ def test_nothing_moves_where_huge_pages_are_unavailable(monkeypatch) -> None:
     ptr = net.big.weight.data_ptr()
     assert huge_pages.move_weights(net, True) == 0
     assert net.big.weight.data_ptr() == ptr and net._huge_arena is None
+
+
+@torch.no_grad()
+def test_the_window_gemms_reordered_weight_copies_live_in_huge_pages() -> None:
+    from mimi_codec.modules.conv import CausalConv1d, _window_kernels
+
+    if _window_kernels() is None:
+        pytest.skip("numba is not installed")
+    torch.manual_seed(0)
+    wide = CausalConv1d(256, 512, 16, stride=8)  # 8 MiB of weights, stored [out, in, tap]
+    pointwise = CausalConv1d(1024, 512, 1)  # 2 MiB, already in the window GEMM's order
+    for conv, huge in ((wide, True), (wide, False), (pointwise, True)):
+        conv.numba_conv, conv.huge_pages = True, huge
+        conv._packed = type(conv._packed)()
+        x = torch.randn(1, conv.in_channels, 2 * conv.stride[0])
+        conv(x)
+        (w, _, _), = (entry for _, entry in conv._packed._packed.values())
+        torch.testing.assert_close(torch.from_numpy(w), conv.weight.permute(0, 2, 1).reshape(w.shape))
+        if conv is pointwise:  # a view of the weight itself: no copy at all
+            assert w.ctypes.data == conv.weight.data_ptr()
+        elif huge:
+            assert _huge_kib(w.ctypes.data) >= 2048
+        elif "[madvise]" in huge_pages._THP.read_text():  # ("always" backs ordinary memory too)
+            assert _huge_kib(w.ctypes.data) == 0
