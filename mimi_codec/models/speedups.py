@@ -107,6 +107,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.huge_pages = speedups.huge_pages
         elif isinstance(m, Codebook):
             m.cache_distances = speedups.cache_distances
+            m.huge_pages = speedups.huge_pages
         elif isinstance(m, ResidualVQ):
             m.fused = speedups.fused_rvq
         elif isinstance(m, SelfAttention):

@@ -29,6 +29,8 @@ class Codebook(nn.Module):
         self.cache_distances = False
         self._table: torch.Tensor | None = None
         self._table_key: tuple[int, ...] = ()
+        #: speedup switch: that operand (read whole by every streamed frame) in huge pages.
+        self.huge_pages = False
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -66,9 +68,14 @@ class Codebook(nn.Module):
         """[bins, dim + 2] the centroid operand of the distance GEMM, [c, 1, |c|^2], built
         once and again only when the centroids change."""
         emb = self.embedding
-        key = (*self._cache_key, emb.data_ptr())
+        key = (*self._cache_key, emb.data_ptr(), self.huge_pages)
         if self._table is None or key != self._table_key:
-            self._table = torch.cat([emb, torch.ones_like(emb[:, :1]), emb.pow(2).sum(-1, keepdim=True)], -1)
+            table = torch.cat([emb, torch.ones_like(emb[:, :1]), emb.pow(2).sum(-1, keepdim=True)], -1)
+            if self.huge_pages and table.device.type == "cpu" and not table.requires_grad:
+                from ..modules.huge_pages import huge_copy
+
+                table = torch.from_numpy(huge_copy(table.numpy()))  # same values and strides
+            self._table = table
             self._table_key = key
         return self._table
 
