@@ -117,3 +117,103 @@ def window_conv_parallel(x: np.ndarray, step: int, w: np.ndarray, bias: np.ndarr
     tasks = x.shape[0] * -(-out.shape[1] // row_tile) * -(-((w.shape[0] + 1) // 2) // pair_tile)
     for task in prange(tasks):
         _tile(x, step, w, bias, out, row_tile, pair_tile, task)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def _copy_in(x: np.ndarray, buf: np.ndarray, at: int) -> None:  # pragma: no cover
+    """buf[:, at:at + T] = x ([B, T, C], any strides)."""
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            row = buf[b, at + t]
+            src = x[b, t]
+            for c in range(x.shape[2]):
+                row[c] = src[c]
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def _carry(buf: np.ndarray, previous: np.ndarray, replicate: bool, steps: int) -> None:  # pragma: no cover
+    """The conv state around buf [B, ctx + steps, C]: its first ctx rows from previous
+    [B, C, ctx] (the first input row repeated there first, when `replicate`), then previous
+    from its last ctx rows."""
+    ctx = previous.shape[2]
+    for b in range(buf.shape[0]):
+        for j in range(ctx):
+            row = buf[b, j]
+            for c in range(buf.shape[2]):
+                if replicate:
+                    previous[b, c, j] = buf[b, ctx, c]
+                row[c] = previous[b, c, j]
+        for j in range(ctx):
+            row = buf[b, steps + j]
+            for c in range(buf.shape[2]):
+                previous[b, c, j] = row[c]
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def _overlap(y: np.ndarray, partial: np.ndarray, bias: np.ndarray, end: int) -> None:  # pragma: no cover
+    """A transposed conv's overlap on y [B, L, C_out] (time-major): its first pt rows get
+    partial [B, C_out, pt]; partial becomes rows end..end+pt-1 less the bias."""
+    pt = partial.shape[2]
+    for b in range(y.shape[0]):
+        for j in range(pt):
+            for c in range(y.shape[2]):
+                y[b, j, c] += partial[b, c, j]
+        for j in range(pt):
+            for c in range(y.shape[2]):
+                partial[b, c, j] = y[b, end + j, c] - bias[c]
+
+
+def build(parallel: bool) -> tuple[object, object]:
+    """(conv_step, convtr_step): a streamed conv call, input copy to output, in one kernel;
+    with numba's threads for the GEMM and large ELUs (`parallel`), or on the calling thread."""
+    from ._numba_elu import elu, elu_parallel
+
+    gemm_kernel = window_conv_parallel if parallel else window_conv
+    big_elu = elu_parallel if parallel else elu
+
+    @njit(fastmath=FASTMATH, cache=True, nogil=True)
+    def _elu_rows(buf: np.ndarray, at: int, steps: int, alpha: float) -> None:  # pragma: no cover
+        flat = buf.reshape(-1)
+        span = buf.shape[1] * buf.shape[2]
+        for b in range(buf.shape[0]):
+            rows = flat[b * span + at * buf.shape[2]: b * span + (at + steps) * buf.shape[2]]
+            if rows.shape[0] >= ELU_PARALLEL_FROM:
+                big_elu(rows, alpha, rows)
+            else:
+                elu(rows, alpha, rows)
+
+    @njit(fastmath=FASTMATH, cache=True, nogil=True)
+    def conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile,
+                  pair_tile):  # pragma: no cover
+        """A streamed CausalConv1d call: buf [B, ctx + T, C] = [state, ELU?(x)], the state
+        carried, out [B, T_out, C_out] = the window GEMM over buf. x: [B, T, C], any strides."""
+        threaded = parallel  # noqa: F841  (keeps the two builds apart in numba's cache)
+        ctx = previous.shape[2]
+        steps = x.shape[1]
+        _copy_in(x, buf, ctx)
+        if use_elu:
+            _elu_rows(buf, ctx, steps, alpha)
+        _carry(buf, previous, replicate, steps)
+        gemm_kernel(buf.reshape((buf.shape[0], -1)), step, w, bias, out, row_tile, pair_tile)
+
+    @njit(fastmath=FASTMATH, cache=True, nogil=True)
+    def convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile,
+                    pair_tile):  # pragma: no cover
+        """A streamed CausalConvTranspose1d call: buf [B, T + 2(n-1), C] (zeros) gets ELU?(x)
+        at rows n-1.., out [B, T + n - 1, stride * C_out] = the window GEMM over it, whose
+        time-major rows then take and give the overlap (`partial`)."""
+        threaded = parallel  # noqa: F841
+        steps = x.shape[1]
+        n = (buf.shape[1] - steps) // 2 + 1
+        _copy_in(x, buf, n - 1)
+        if use_elu:
+            _elu_rows(buf, n - 1, steps, alpha)
+        gemm_kernel(buf.reshape((buf.shape[0], -1)), buf.shape[2], w, bias, out, row_tile, pair_tile)
+        c_out = partial.shape[1]
+        _overlap(out.reshape((out.shape[0], -1, c_out)), partial, out_bias, steps * stride)
+
+    return conv_step, convtr_step
+
+
+#: ELUs of at least this many elements split across threads (in the parallel build).
+ELU_PARALLEL_FROM = 32768

@@ -143,7 +143,8 @@ class CausalConv1d(nn.Conv1d):
                 and self.dilation[0] == 1 and _numba_applies(self, x))
 
     def _window_conv(self, x: torch.Tensor, state: ConvState, elu: float | None = None) -> torch.Tensor:
-        """The convolution as the numba window GEMM over a time-major copy of [context, x].
+        """The convolution as one numba call (`_numba_conv.build`): [context, ELU(x) if `elu`]
+        copied time-major into a buffer, the state carried, the window GEMM over it.
 
         Returns [B, C_out, T_out] as a view of a time-major [B, T_out, C_out] array: the
         elementwise ops after it keep that layout, so the next convolution's copy is a plain one.
@@ -152,21 +153,16 @@ class CausalConv1d(nn.Conv1d):
 
         B, C, T = x.shape
         ctx = self.context
-        buf = np.empty((B, ctx + T, C), dtype=np.float32)
-        view = buf.transpose(0, 2, 1)  # [B, C, ctx + T]
-        buf[:, ctx:] = x.detach().numpy().transpose(0, 2, 1)  # a plain copy when x is time-major
-        if elu is not None:
-            _numba_elu_rows(buf[:, ctx:], elu)
-        if ctx:  # numpy, not torch, for these small copies: a few us each instead of ~10
-            previous = state.previous.numpy()
-            if state.first and self.pad_mode == "replicate":
-                previous[...] = view[..., ctx:ctx + 1]
-            view[..., :ctx] = previous
-            previous[...] = view[..., T:]
-        state.first = False
+        w, b, pair_tile = _window_operands(self, _out_by_time, self.out_channels)
         steps = (ctx + T - self.kernel_size[0]) // self.stride[0] + 1
-        return torch.from_numpy(_run_window(self, buf, self.stride[0] * C, steps, self.out_channels,
-                                            _out_by_time)).transpose(1, 2)
+        buf = np.empty((B, ctx + T, C), dtype=np.float32)
+        out = np.empty((B, steps, self.out_channels), dtype=np.float32)
+        serial, parallel = _step_kernels()  # type: ignore[misc]
+        gemm.run_numba(serial[0], parallel[0], x.detach().numpy().transpose(0, 2, 1), state.previous.numpy(),
+                       state.first and self.pad_mode == "replicate", elu is not None,
+                       1.0 if elu is None else elu, buf, self.stride[0] * C, w, b, out, WINDOW_ROW_TILE, pair_tile)
+        state.first = False
+        return torch.from_numpy(out).transpose(1, 2)
 
     def _matmul_conv(self, x: torch.Tensor) -> torch.Tensor:
         """F.conv1d (no padding) as [B, T_out, C_in * K] @ [C_in * K, C_out]: for few output
@@ -261,7 +257,8 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
                 and _numba_applies(self, x))
 
     def _window_convtr(self, x: torch.Tensor, state: ConvTrState, elu: float | None = None) -> torch.Tensor:
-        """F.conv_transpose1d (K = n * stride) as the numba window GEMM, then the overlap.
+        """F.conv_transpose1d (K = n * stride) as the numba window GEMM, then the overlap, in
+        one numba call (`_numba_conv.build`).
 
         Output step t * stride + r sums input steps t, t - 1, ..., t - n + 1 against the
         weight's taps r + q * stride, so with the input time-major (and n - 1 zero steps on
@@ -274,20 +271,16 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         import numpy as np
 
         B, C, T = x.shape
-        s, n, pt = self.stride[0], self.kernel_size[0] // self.stride[0], self.overlap
+        s, n = self.stride[0], self.kernel_size[0] // self.stride[0]
+        co = self.out_channels
+        w, b, pair_tile = _window_operands(self, _phases_by_window(s), s * co)
         buf = np.zeros((B, T + 2 * (n - 1), C), dtype=np.float32)
-        buf[:, n - 1:n - 1 + T] = x.detach().numpy().transpose(0, 2, 1)
-        if elu is not None:
-            _numba_elu_rows(buf[:, n - 1:n - 1 + T], elu)
-        y = _run_window(self, buf, C, T + n - 1, s * self.out_channels, _phases_by_window(s))
-        y = y.reshape(B, (T + n - 1) * s, self.out_channels)
-        if pt:  # in numpy: these small ops cost a few us each, ~10 in torch
-            partial = state.partial.numpy().transpose(0, 2, 1)  # [B, pt, C_out]
-            y[:, :pt] += partial
-            partial[...] = y[:, T * s:]
-            if self.bias is not None:
-                partial -= self.bias.detach().numpy()
-        return torch.from_numpy(y[:, :T * s]).transpose(1, 2)
+        out = np.empty((B, T + n - 1, s * co), dtype=np.float32)
+        serial, parallel = _step_kernels()  # type: ignore[misc]
+        gemm.run_numba(serial[1], parallel[1], x.detach().numpy().transpose(0, 2, 1), elu is not None,
+                       1.0 if elu is None else elu, buf, w, b, out, state.partial.numpy(), b[:co], s,
+                       WINDOW_ROW_TILE, pair_tile)
+        return torch.from_numpy(out.reshape(B, (T + n - 1) * s, co)[:, :T * s]).transpose(1, 2)
 
     def _depthwise_convtr(self, x: torch.Tensor) -> torch.Tensor:
         """F.conv_transpose1d with one group per channel (Mimi's upsample) as products and an
@@ -333,33 +326,24 @@ def _numba_applies(conv: nn.Conv1d, x: torch.Tensor) -> bool:
             and conv.in_channels * conv.kernel_size[0] >= NUMBA_CONV_MIN_WINDOW
             and conv.gemm_precision == "fp32" and x.device.type == "cpu"  # type: ignore[attr-defined]
             and not torch.is_grad_enabled() and conv._parameters["weight"].dtype == torch.float32
-            and gemm.numba_allowed() and _window_kernels() is not None)
+            and gemm.numba_allowed() and _step_kernels() is not None)
 
 
-def _run_window(conv: nn.Module, buf: "np.ndarray", step: int, rows: int, cols: int,
-                as_out_by_window: Callable[[torch.Tensor], torch.Tensor]) -> "np.ndarray":
-    """The window GEMM of `conv` over buf [B, L, C_in] (time-major, C-contiguous numpy):
-    windows starting every `step` numbers, against `as_out_by_window(weight)` ([cols, window]),
-    plus the bias (repeated to `cols`). Returns [B, rows, cols]."""
-    import numpy as np
-
-    B = buf.shape[0]
-    packed: gemm.PackedWeight = conv._packed  # type: ignore[assignment]
+def _window_operands(conv: nn.Module, as_out_by_window: Callable[[torch.Tensor], torch.Tensor],
+                     cols: int) -> tuple["np.ndarray", "np.ndarray", int]:
+    """`conv`'s operands for the window GEMM, cached until its weight or bias changes: the
+    weight as [cols, window] (`as_out_by_window`), in huge pages when `conv.huge_pages` and
+    it is a reordered copy (a view of the weight is where the weight is); the bias repeated
+    to [cols]; the weight-row pairs per tile."""
     weight, bias = conv._parameters["weight"], conv._parameters["bias"]
-    w, b, pair_tile = packed.cached(  # type: ignore[misc]
-        f"numba_{as_out_by_window.__name__}", (weight, bias),
-        lambda: _window_operands(weight, as_out_by_window(weight.detach()), bias, cols, conv.huge_pages))
-    out = np.empty((B, rows, cols), dtype=np.float32)
-    gemm.run_numba(*_window_kernels(), buf.reshape(B, -1), step, w, b, out,  # type: ignore[misc]
-                   WINDOW_ROW_TILE, pair_tile)
-    return out
+    packed: gemm.PackedWeight = conv._packed  # type: ignore[assignment]
+    return packed.cached(f"numba_{as_out_by_window.__name__}", (weight, bias),  # type: ignore[return-value]
+                         lambda: _build_operands(weight, as_out_by_window(weight.detach()), bias, cols,
+                                                 conv.huge_pages))  # type: ignore[arg-type]
 
 
-def _window_operands(weight: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None, cols: int,
-                     huge: bool) -> tuple["np.ndarray", "np.ndarray", int]:
-    """(`matrix`, the weight as [cols, window], as numpy: in huge pages if `huge` and it is a
-    reordered copy (a view of the weight is where the weight is); the bias repeated to
-    [cols]; weight-row pairs per tile)."""
+def _build_operands(weight: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None, cols: int,
+                    huge: bool) -> tuple["np.ndarray", "np.ndarray", int]:
     import numpy as np
 
     from .huge_pages import huge_copy
@@ -373,30 +357,10 @@ def _window_operands(weight: torch.Tensor, matrix: torch.Tensor, bias: torch.Ten
     return w, b, max(1, min((cols + 1) // 2, WINDOW_TILE_BYTES // (8 * w.shape[1])))
 
 
-#: Below this many elements the numba ELU runs on the calling thread.
-ELU_SERIAL_BELOW = 32768
-
-
-def _numba_elu_rows(rows: "np.ndarray", alpha: float) -> None:
-    """ELU in place on rows [B, T, C] of a C-contiguous time-major buffer (each batch item's
-    rows are contiguous), by the vectorised numba kernel."""
-    serial, parallel = _elu_kernels()  # type: ignore[misc]
-    for b in range(rows.shape[0]):
-        flat = rows[b].reshape(-1)
-        if flat.shape[0] < ELU_SERIAL_BELOW:
-            serial(flat, alpha, flat)
-        else:
-            gemm.run_numba(serial, parallel, flat, alpha, flat)
-
-
 @functools.cache
-def _elu_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
-    """The (serial, parallel) ELU kernels of `_numba_elu`, or None without numba."""
-    try:
-        from ._numba_elu import elu, elu_parallel
-    except ImportError:
-        return None
-    return elu, elu_parallel
+def _step_kernels() -> tuple[tuple[Callable[..., None], ...], tuple[Callable[..., None], ...]] | None:
+    """((conv_step, convtr_step) serial, the same parallel) of `_numba_conv`, or None without numba."""
+    return gemm.build_kernels(f"{__package__}._numba_conv")  # type: ignore[return-value]
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from mimi_codec.modules import conv as conv_mod
 from mimi_codec.modules import gemm
 from mimi_codec.modules.conv import CausalConv1d, CausalConvTranspose1d
 
-numba_only = pytest.mark.skipif(conv_mod._window_kernels() is None, reason="numba is not installed")
+numba_only = pytest.mark.skipif(conv_mod._step_kernels() is None, reason="numba is not installed")
 pytestmark = [numba_only, pytest.mark.usefixtures("threads")]
 
 
@@ -27,18 +27,24 @@ def _pair(cls, *args, **kwargs):
     return ref, fast
 
 
-def _counting(monkeypatch) -> list[int]:
-    """Count the window GEMM's runs (so a test fails if the fast path quietly did not run)."""
+def _counting(monkeypatch, elus: list[bool] | None = None) -> list[int]:
+    """Count the window GEMM kernels' runs by output rows (so a test fails if the fast path
+    quietly did not run), and note in `elus` whether each applied an ELU."""
     runs: list[int] = []
-    serial, parallel = conv_mod._window_kernels()
+    serial, parallel = conv_mod._step_kernels()
 
-    def count(kernel):
+    def count(kernel, out_at, elu_at):
         def run(*args):
-            runs.append(args[4].shape[1])
+            runs.append(args[out_at].shape[1])
+            if elus is not None:
+                elus.append(args[elu_at])
             return kernel(*args)
         return run
 
-    monkeypatch.setattr(conv_mod, "_window_kernels", lambda: (count(serial), count(parallel)))
+    def counted(kernels):
+        return count(kernels[0], 9, 3), count(kernels[1], 6, 1)
+
+    monkeypatch.setattr(conv_mod, "_step_kernels", lambda: (counted(serial), counted(parallel)))
     return runs
 
 
@@ -186,13 +192,11 @@ def test_numba_elu_is_within_one_ulp_of_the_true_value() -> None:
 def test_the_elu_before_a_conv_is_fused_into_its_input_copy(monkeypatch, cls, args, steps, numba_elu) -> None:
     ref, fast = _pair(cls, *args, **({"pad_mode": "replicate"} if cls is CausalConv1d else {}))
     fast.numba_elu = numba_elu
-    elu_calls: list[int] = []
-    serial, parallel = conv_mod._elu_kernels()
-    monkeypatch.setattr(conv_mod, "_elu_kernels", lambda: (
-        lambda *a: (elu_calls.append(1), serial(*a)), lambda *a: (elu_calls.append(1), parallel(*a))))
+    elus: list[bool] = []
+    runs = _counting(monkeypatch, elus)
     ref_state, fast_state = ref.init_state(1), fast.init_state(1)
     for _ in range(3):
         x = torch.randn(1, args[0], steps * (args[3] if len(args) > 3 and cls is CausalConv1d else 1)) * 3
         want = ref(torch.nn.functional.elu(x), ref_state)
         torch.testing.assert_close(fast(x, fast_state, elu=1.0), want, atol=2e-5, rtol=1e-5)
-    assert len(elu_calls) == (3 if numba_elu else 0)
+    assert len(runs) == 3 and elus == [numba_elu] * 3  # in the kernel, or by PyTorch before it
