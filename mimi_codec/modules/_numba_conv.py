@@ -12,7 +12,14 @@ GEMM whose rows are overlapping windows of one flat buffer, with no unfolded cop
 `w` is the weight as [C_out, k, C_in] flattened to [C_out, K]. The kernel takes 4 windows
 by 2 weight rows at a time, each loaded value used for two or four products, the sums over j
 vectorised. Only reassociation and contraction are allowed to the compiler: fp32 results at
-rounding level from PyTorch's convolution.
+rounding level from PyTorch's convolution. A transposed convolution is the same GEMM with
+the weight's taps regrouped by output phase (conv.py, `_window_convtr`).
+
+`build(parallel)` gives the kernels a streamed call runs, each in one numba call (the
+Python and dispatch around ~30 convolution calls per frame cost as much as small GEMMs):
+the input copied time-major into a buffer (after the state's context rows), the ELU before
+the conv applied there (`_numba_elu`), the state carried, the GEMM, and for a transposed
+convolution the overlap with the previous call.
 """
 
 from __future__ import annotations

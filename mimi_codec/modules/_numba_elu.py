@@ -1,4 +1,5 @@
-"""The ELU of the `numba_conv` speedup (imported only when numba is installed).
+"""The ELU of the `numba_elu` speedup (imported only when numba is installed): the SEANets' ELU
+before each convolution, applied by `_numba_conv`'s kernels to their input copy.
 
 ELU(x) = x for x > 0, alpha * (e^x - 1) otherwise. PyTorch's CPU ELU calls a scalar expm1
 per element here (1.6-3 ns each: ~2.6 ms of a streamed frame's SEANets). This one is

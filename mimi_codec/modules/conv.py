@@ -363,16 +363,6 @@ def _step_kernels() -> tuple[tuple[Callable[..., None], ...], tuple[Callable[...
     return gemm.build_kernels(f"{__package__}._numba_conv")  # type: ignore[return-value]
 
 
-@functools.cache
-def _window_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
-    """The (serial, parallel) numba window GEMMs of `_numba_conv`, or None without numba."""
-    try:
-        from ._numba_conv import window_conv, window_conv_parallel
-    except ImportError:
-        return None
-    return window_conv, window_conv_parallel
-
-
 def _out_by_time(w: torch.Tensor) -> torch.Tensor:
     """Conv weight [C_out, C_in, K] as the [C_out, K * C_in] matrix of the window GEMM
     (kernel position major, input channel fastest: the time-major input's order)."""

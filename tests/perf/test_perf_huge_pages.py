@@ -124,9 +124,9 @@ def test_nothing_moves_where_huge_pages_are_unavailable(monkeypatch) -> None:
 
 @torch.no_grad()
 def test_the_window_gemms_reordered_weight_copies_live_in_huge_pages() -> None:
-    from mimi_codec.modules.conv import CausalConv1d, _window_kernels
+    from mimi_codec.modules.conv import CausalConv1d, _step_kernels
 
-    if _window_kernels() is None:
+    if _step_kernels() is None:
         pytest.skip("numba is not installed")
     torch.manual_seed(0)
     wide = CausalConv1d(256, 512, 16, stride=8)  # 8 MiB of weights, stored [out, in, tap]

@@ -159,7 +159,9 @@ def test_window_kernel_tiles(row_tile, pair_tile) -> None:
     windows = np.stack([x[:, m * step:m * step + K] for m in range(M)], 1)  # [B, M, K]
     want = windows.astype(np.float64) @ w.T.astype(np.float64) + bias
     out = np.full((B, M, N), np.nan, dtype=np.float32)
-    gemm.run_numba(*conv_mod._window_kernels(), x, step, w, bias, out, row_tile, pair_tile)
+    from mimi_codec.modules._numba_conv import window_conv, window_conv_parallel
+
+    gemm.run_numba(window_conv, window_conv_parallel, x, step, w, bias, out, row_tile, pair_tile)
     np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-5)
 
 
