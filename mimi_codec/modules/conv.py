@@ -27,9 +27,6 @@ MATMUL_MAX_STEPS = 64
 #: (a streamed frame's: 1-1920 steps; for the wide layers' 1-2 steps it reads the weights at
 #: the memory's pace, as the few-row GEMMs do); more are whole-file work.
 NUMBA_CONV_STEPS = range(1, 4097)
-#: ... and at least this many numbers per window (C_in * K): below, the sums are too short to
-#: pay for the kernel (the encoder's first conv, 1 channel x 7 taps, is faster in PyTorch).
-NUMBA_CONV_MIN_WINDOW = 32
 #: The window GEMM's tiles: this many windows by as many weight-row pairs as fit in these
 #: bytes (so a tile's weights stay in L2 while its windows pass; one tile per core at least).
 WINDOW_ROW_TILE = 64
@@ -323,7 +320,6 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
 def _numba_applies(conv: nn.Conv1d, x: torch.Tensor) -> bool:
     """Whether `conv` (switched to numba_conv) can run `x` through the window GEMM."""
     return (x.dtype == torch.float32 and not x.requires_grad and conv.groups == 1
-            and conv.in_channels * conv.kernel_size[0] >= NUMBA_CONV_MIN_WINDOW
             and conv.gemm_precision == "fp32" and x.device.type == "cpu"  # type: ignore[attr-defined]
             and not torch.is_grad_enabled() and conv._parameters["weight"].dtype == torch.float32
             and gemm.numba_allowed() and _step_kernels() is not None)
