@@ -136,8 +136,8 @@ class CausalConv1d(nn.Conv1d):
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def _numba_conv_applies(self, x: torch.Tensor) -> bool:
-        return ((x.shape[-1] + self.context - self.kernel_size[0]) // self.stride[0] + 1 in NUMBA_CONV_STEPS
-                and self.dilation[0] == 1 and _numba_applies(self, x))
+        steps = (x.shape[-1] + self.context - self.kernel_size[0]) // self.stride[0] + 1
+        return steps in NUMBA_CONV_STEPS and self.dilation[0] == 1 and _numba_applies(self, x, steps)
 
     def _window_conv(self, x: torch.Tensor, state: ConvState, elu: float | None = None) -> torch.Tensor:
         """The convolution as one numba call (`_numba_conv.build`): [context, ELU(x) if `elu`]
@@ -251,7 +251,7 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
 
     def _numba_conv_applies(self, x: torch.Tensor) -> bool:
         return (x.shape[-1] in NUMBA_CONV_STEPS and self.kernel_size[0] % self.stride[0] == 0
-                and _numba_applies(self, x))
+                and _numba_applies(self, x, x.shape[-1]))
 
     def _window_convtr(self, x: torch.Tensor, state: ConvTrState, elu: float | None = None) -> torch.Tensor:
         """F.conv_transpose1d (K = n * stride) as the numba window GEMM, then the overlap, in
@@ -317,10 +317,13 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         return y
 
 
-def _numba_applies(conv: nn.Conv1d, x: torch.Tensor) -> bool:
-    """Whether `conv` (switched to numba_conv) can run `x` through the window GEMM."""
+def _numba_applies(conv: nn.Conv1d, x: torch.Tensor, steps: int) -> bool:
+    """Whether `conv` (switched to numba_conv) can run `x` through the window GEMM. With
+    float16 weights (the decoder option), only the calls that would not read them: those
+    longer than the matmul path's MATMUL_MAX_STEPS, which PyTorch's fp32 conv would run."""
     return (x.dtype == torch.float32 and not x.requires_grad and conv.groups == 1
-            and conv.gemm_precision == "fp32" and x.device.type == "cpu"  # type: ignore[attr-defined]
+            and (conv.gemm_precision == "fp32" or steps > MATMUL_MAX_STEPS)  # type: ignore[attr-defined]
+            and x.device.type == "cpu"
             and not torch.is_grad_enabled() and conv._parameters["weight"].dtype == torch.float32
             and gemm.numba_allowed() and _step_kernels() is not None)
 

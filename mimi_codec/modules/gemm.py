@@ -49,7 +49,7 @@ PACKED_MAX_ROWS = 16
 NUMBA_MAX_ROWS = 4
 
 _numba_lock = threading.Lock()
-_numba_threads = threading.local()  # the thread count this thread last gave numba
+_numba_threads = threading.local()  # .torch: torch's thread count when this thread last sized numba's
 _numba_paused: contextvars.ContextVar[bool] = contextvars.ContextVar("mimi_numba_paused", default=False)
 R = TypeVar("R")
 
@@ -111,15 +111,15 @@ def numba_allowed() -> bool:
 def run_numba(serial: Callable[..., R], parallel: Callable[..., R], *args: object) -> R:
     """Run a numba kernel on as many threads as torch uses: `serial` with a 1-thread budget
     (numba then starts no thread pool), else `parallel` on numba's pool, sized per call."""
-    import numba
-
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    threads = torch.get_num_threads()
     if threads <= 1:
         return serial(*args)
     with _numba_lock:  # numba's "workqueue" layer (where OpenMP is missing) is not thread-safe
-        if getattr(_numba_threads, "n", None) != threads:  # numba's own check costs ~20 us a call
-            numba.set_num_threads(threads)
-            _numba_threads.n = threads
+        if _numba_threads.__dict__.get("torch") != threads:  # numba's own check costs ~20 us a call
+            import numba
+
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            _numba_threads.torch = threads
         return parallel(*args)
 
 

@@ -147,6 +147,10 @@ def test_stays_out_of_the_calls_it_does_not_serve(monkeypatch) -> None:
     with torch.no_grad():
         m(torch.randn(1, 64, 20))
     assert runs == [20]
+    m.gemm_precision = "fp16"  # the decoder option: its float16 weights serve the short calls only,
+    with torch.no_grad():  # so a long one (fp32 in PyTorch) still takes the window GEMM
+        m(torch.randn(1, 64, conv_mod.MATMUL_MAX_STEPS + 1))
+    assert runs == [20, conv_mod.MATMUL_MAX_STEPS + 1]
 
 
 @pytest.mark.parametrize("row_tile,pair_tile", [(64, 100), (4, 1), (5, 3), (1000, 1)])
