@@ -117,12 +117,9 @@ class CausalConv1d(nn.Conv1d):
         assert x.shape[-1] % self.stride[0] == 0, "length must be a multiple of the stride"
         if state is None:
             state = self.init_state(x.shape[0])
-        if self.numba_conv and self._numba_conv_applies(x):
-            if elu is not None and not self.numba_elu:
-                x, elu = F.elu(x, elu), None
+        fast, x, elu = _take_numba(self, x, elu)
+        if fast:
             return self._window_conv(x, state, elu)
-        if elu is not None:
-            x = F.elu(x, elu)
         ctx = self.context
         if ctx:
             if state.first and self.pad_mode == "replicate":
@@ -225,12 +222,9 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         """
         if state is None:
             state = self.init_state(x.shape[0])
-        if self.numba_conv and self._numba_conv_applies(x):
-            if elu is not None and not self.numba_elu:
-                x, elu = F.elu(x, elu), None
+        fast, x, elu = _take_numba(self, x, elu)
+        if fast:
             return self._window_convtr(x, state, elu)
-        if elu is not None:
-            x = F.elu(x, elu)
         if (self.matmul_small and self.groups == 1 and x.shape[-1] <= MATMUL_MAX_STEPS
                 and self.kernel_size[0] % self.stride[0] == 0):
             y = self._matmul_convtr(x)
@@ -317,6 +311,16 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         return y
 
 
+def _take_numba(conv: CausalConv1d | CausalConvTranspose1d, x: torch.Tensor,
+                elu: float | None) -> tuple[bool, torch.Tensor, float | None]:
+    """(whether the call takes the numba path, its input, the ELU alpha left for the kernel):
+    an ELU the kernel does not apply (`numba_elu` off, or the PyTorch path) is applied here."""
+    fast = conv.numba_conv and conv._numba_conv_applies(x)
+    if elu is not None and not (fast and conv.numba_elu):
+        return fast, F.elu(x, elu), None
+    return fast, x, elu
+
+
 def _numba_applies(conv: nn.Conv1d, x: torch.Tensor, steps: int) -> bool:
     """Whether `conv` (switched to numba_conv) can run `x` through the window GEMM. With
     float16 weights (the decoder option), only the calls that would not read them: those
@@ -329,7 +333,7 @@ def _numba_applies(conv: nn.Conv1d, x: torch.Tensor, steps: int) -> bool:
 
 
 def _window_operands(conv: nn.Module, as_out_by_window: Callable[[torch.Tensor], torch.Tensor],
-                     cols: int) -> tuple["np.ndarray", "np.ndarray", int]:
+                     cols: int) -> tuple[np.ndarray, np.ndarray, int]:
     """`conv`'s operands for the window GEMM, cached until its weight or bias changes: the
     weight as [cols, window] (`as_out_by_window`), in huge pages when `conv.huge_pages` and
     it is a reordered copy (a view of the weight is where the weight is); the bias repeated
@@ -342,7 +346,7 @@ def _window_operands(conv: nn.Module, as_out_by_window: Callable[[torch.Tensor],
 
 
 def _build_operands(weight: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None, cols: int,
-                    huge: bool) -> tuple["np.ndarray", "np.ndarray", int]:
+                    huge: bool) -> tuple[np.ndarray, np.ndarray, int]:
     import numpy as np
 
     from .huge_pages import huge_copy

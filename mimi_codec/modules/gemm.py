@@ -123,7 +123,7 @@ def run_numba(serial: Callable[..., R], parallel: Callable[..., R], *args: objec
         return parallel(*args)
 
 
-def _numba_linear(x: torch.Tensor, w: "np.ndarray", bias: torch.Tensor | None) -> torch.Tensor:
+def _numba_linear(x: torch.Tensor, w: np.ndarray, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ w^T (+ bias) with the numba kernel, on as many threads as torch uses."""
     import numpy as np
 
@@ -163,7 +163,7 @@ class EmptyWhenCopied:
     """A cache that copies (deepcopy, pickle) as a fresh, empty one: it is rebuilt from the
     module's parameters on first use, never part of the state dict."""
 
-    def __deepcopy__(self, memo: dict[int, object]) -> "EmptyWhenCopied":
+    def __deepcopy__(self, memo: dict[int, object]) -> EmptyWhenCopied:
         return type(self)()
 
     def __getstate__(self) -> dict[str, object]:
@@ -189,27 +189,21 @@ class PackedWeight(EmptyWhenCopied):
         Args:
             source: the module's weight parameter (its storage and version key the cache).
             as_out_in: maps it to the [N, K] matrix of y = x @ W^T.
-            kind: "fp32" (oneDNN's layout), "fp16" (FBGEMM, with `bias` packed in), or "numba"
-                or another name starting so (a contiguous float32 numpy array, the weight
-                itself when it already is one; one entry per name, for different `as_out_in`).
+            kind: "fp32" (oneDNN's layout), "fp16" (FBGEMM, with `bias` packed in) or "numba"
+                (a contiguous float32 numpy array, the weight itself when it already is one).
             bias: [N] or None, for "fp16".
         Returns:
             the packed weight, for `fast_linear`.
         """
-        key = (*_tensor_key(source), *(_tensor_key(bias) if bias is not None else ()))
-        hit = self._packed.get(kind)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        w = as_out_in(source.detach()).contiguous()
-        if kind == "fp16":
-            packed: object = torch.ops.quantized.linear_prepack_fp16(w, None if bias is None else bias.detach())
-        elif kind.startswith("numba"):
-            packed = w.numpy()
-        else:
-            packed = torch.ops.mkldnn._reorder_linear_weight(w)
-        self._packed[kind] = (key, packed)
-        return packed
+        def build() -> object:
+            w = as_out_in(source.detach()).contiguous()
+            if kind == "fp16":
+                return torch.ops.quantized.linear_prepack_fp16(w, None if bias is None else bias.detach())
+            if kind == "numba":
+                return w.numpy()
+            return torch.ops.mkldnn._reorder_linear_weight(w)
 
+        return self.cached(kind, (source, bias), build)
 
     def cached(self, kind: str, sources: tuple[torch.Tensor | None, ...],
                build: Callable[[], object]) -> object:
