@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._numba_elu import elu, elu_parallel
 from ._numba_gemm import FASTMATH
 
 
@@ -170,57 +171,91 @@ def _overlap(y: np.ndarray, partial: np.ndarray, bias: np.ndarray, end: int) -> 
                 partial[b, c, j] = y[b, end + j, c] - bias[c]
 
 
-def build(parallel: bool) -> tuple[object, object]:
-    """(conv_step, convtr_step): a streamed conv call, input copy to output, in one kernel;
-    with numba's threads for the GEMM and large ELUs (`parallel`), or on the calling thread."""
-    from ._numba_elu import elu, elu_parallel
-
-    gemm_kernel = window_conv_parallel if parallel else window_conv
-    big_elu = elu_parallel if parallel else elu
-
-    @njit(fastmath=FASTMATH, cache=True, nogil=True)
-    def _elu_rows(buf: np.ndarray, at: int, steps: int, alpha: float) -> None:  # pragma: no cover
-        flat = buf.reshape(-1)
-        span = buf.shape[1] * buf.shape[2]
-        for b in range(buf.shape[0]):
-            rows = flat[b * span + at * buf.shape[2]: b * span + (at + steps) * buf.shape[2]]
-            if rows.shape[0] >= ELU_PARALLEL_FROM:
-                big_elu(rows, alpha, rows)
-            else:
-                elu(rows, alpha, rows)
-
-    @njit(fastmath=FASTMATH, cache=True, nogil=True)
-    def conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile,
-                  pair_tile):  # pragma: no cover
-        """A streamed CausalConv1d call: buf [B, ctx + T, C] = [state, ELU?(x)], the state
-        carried, out [B, T_out, C_out] = the window GEMM over buf. x: [B, T, C], any strides."""
-        threaded = parallel  # noqa: F841  (keeps the two builds apart in numba's cache)
-        ctx = previous.shape[2]
-        steps = x.shape[1]
-        _copy_in(x, buf, ctx)
-        if use_elu:
-            _elu_rows(buf, ctx, steps, alpha)
-        _carry(buf, previous, replicate, steps)
-        gemm_kernel(buf.reshape((buf.shape[0], -1)), step, w, bias, out, row_tile, pair_tile)
-
-    @njit(fastmath=FASTMATH, cache=True, nogil=True)
-    def convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile,
-                    pair_tile):  # pragma: no cover
-        """A streamed CausalConvTranspose1d call: buf [B, T + 2(n-1), C] (zeros) gets ELU?(x)
-        at rows n-1.., out [B, T + n - 1, stride * C_out] = the window GEMM over it, whose
-        time-major rows then take and give the overlap (`partial`)."""
-        threaded = parallel  # noqa: F841
-        steps = x.shape[1]
-        n = (buf.shape[1] - steps) // 2 + 1
-        _copy_in(x, buf, n - 1)
-        if use_elu:
-            _elu_rows(buf, n - 1, steps, alpha)
-        gemm_kernel(buf.reshape((buf.shape[0], -1)), buf.shape[2], w, bias, out, row_tile, pair_tile)
-        c_out = partial.shape[1]
-        _overlap(out.reshape((out.shape[0], -1, c_out)), partial, out_bias, steps * stride)
-
-    return conv_step, convtr_step
-
-
 #: ELUs of at least this many elements split across threads (in the parallel build).
 ELU_PARALLEL_FROM = 32768
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
+def _elu_rows(buf: np.ndarray, at: int, steps: int, alpha: float, threaded: bool) -> None:  # pragma: no cover
+    """ELU in place on rows at..at+steps-1 of each batch item of buf [B, L, C] (C-contiguous);
+    the large ones across numba's threads when `threaded`."""
+    flat = buf.reshape(-1)
+    span = buf.shape[1] * buf.shape[2]
+    for b in range(buf.shape[0]):
+        rows = flat[b * span + at * buf.shape[2]: b * span + (at + steps) * buf.shape[2]]
+        if threaded and rows.shape[0] >= ELU_PARALLEL_FROM:
+            elu_parallel(rows, alpha, rows)
+        else:
+            elu(rows, alpha, rows)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
+def _conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile, pair_tile,
+               threaded):  # pragma: no cover
+    ctx = previous.shape[2]
+    steps = x.shape[1]
+    _copy_in(x, buf, ctx)
+    if use_elu:
+        _elu_rows(buf, ctx, steps, alpha, threaded)
+    _carry(buf, previous, replicate, steps)
+    flat = buf.reshape((buf.shape[0], -1))
+    if threaded:
+        window_conv_parallel(flat, step, w, bias, out, row_tile, pair_tile)
+    else:
+        window_conv(flat, step, w, bias, out, row_tile, pair_tile)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
+def _convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile, pair_tile,
+                 threaded):  # pragma: no cover
+    steps = x.shape[1]
+    n = (buf.shape[1] - steps) // 2 + 1
+    _copy_in(x, buf, n - 1)
+    if use_elu:
+        _elu_rows(buf, n - 1, steps, alpha, threaded)
+    flat = buf.reshape((buf.shape[0], -1))
+    if threaded:
+        window_conv_parallel(flat, buf.shape[2], w, bias, out, row_tile, pair_tile)
+    else:
+        window_conv(flat, buf.shape[2], w, bias, out, row_tile, pair_tile)
+    _overlap(out.reshape((out.shape[0], -1, partial.shape[1])), partial, out_bias, steps * stride)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile,
+              pair_tile):  # pragma: no cover
+    """A streamed CausalConv1d call, on the calling thread: buf [B, ctx + T, C] = [state,
+    ELU(x) if use_elu], the state carried (`replicate`: the first input row fills it first),
+    out [B, T_out, C_out] = the window GEMM over buf. x: [B, T, C], any strides."""
+    _conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile, pair_tile, False)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def conv_step_parallel(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile,
+                       pair_tile):  # pragma: no cover
+    """`conv_step` with the GEMM and large ELUs across numba's threads."""
+    _conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile, pair_tile, True)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile,
+                pair_tile):  # pragma: no cover
+    """A streamed CausalConvTranspose1d call, on the calling thread: buf [B, T + 2(n-1), C]
+    (zeros) gets ELU?(x) at rows n-1.., out [B, T + n - 1, stride * C_out] = the window GEMM
+    over it, whose time-major rows then take and give the overlap (`partial`, [B, C_out, pt])."""
+    _convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile, pair_tile, False)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def convtr_step_parallel(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile,
+                         pair_tile):  # pragma: no cover
+    """`convtr_step` with the GEMM and large ELUs across numba's threads."""
+    _convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride, row_tile, pair_tile, True)
+
+
+def build(parallel: bool) -> tuple[object, object]:
+    """(conv_step, convtr_step) for `gemm.run_numba`: serial, or across numba's threads.
+    Module-level functions, not closures, so numba's on-disk cache keeps them between
+    processes."""
+    return (conv_step_parallel, convtr_step_parallel) if parallel else (conv_step, convtr_step)
+
