@@ -206,3 +206,4 @@ def test_the_elu_before_a_conv_is_fused_into_its_input_copy(monkeypatch, cls, ar
         want = ref(torch.nn.functional.elu(x), ref_state)
         torch.testing.assert_close(fast(x, fast_state, elu=1.0), want, atol=2e-5, rtol=1e-5)
     assert len(runs) == 3 and elus == [numba_elu] * 3  # in the kernel, or by PyTorch before it
+

@@ -4,6 +4,8 @@ full-size architecture; plus each fast kernel against the op it replaces."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -251,3 +253,26 @@ def test_whole_file_coding_leaves_the_numba_kernels_alone(fixtures_dir, vectors,
         model.decode(codes)
     assert calls
     assert gemm.numba_allowed()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+def test_the_conv_kernels_load_from_numbas_disk_cache_in_a_new_process() -> None:
+    """The kernels must be cacheable (a closure was not: every process compiled them again,
+    ~30 s before a `mimi roundtrip`). Compile here, then count cache hits in a new process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from mimi_codec.modules import _numba_conv\n"
+        "from mimi_codec.modules.conv import CausalConv1d\n"
+        "torch.set_num_threads(1)\n"
+        "m = CausalConv1d(16, 8, 3)\n"
+        "m.numba_conv = m.numba_elu = True\n"
+        "with torch.no_grad():\n"
+        "    m(torch.randn(1, 16, 24), elu=1.0)\n"
+        "stats = _numba_conv.conv_step.stats\n"
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n")
+    subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert second.stdout.split() == ["1", "0"], second.stdout  # loaded, not compiled
