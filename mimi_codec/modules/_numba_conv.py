@@ -190,6 +190,16 @@ def _elu_rows(buf: np.ndarray, at: int, steps: int, alpha: float, threaded: bool
 
 
 @njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
+def _gemm(buf, step, w, bias, out, row_tile, pair_tile, threaded):  # pragma: no cover
+    """The window GEMM over buf [B, L, C] (C-contiguous), across numba's threads if `threaded`."""
+    flat = buf.reshape((buf.shape[0], -1))
+    if threaded:
+        window_conv_parallel(flat, step, w, bias, out, row_tile, pair_tile)
+    else:
+        window_conv(flat, step, w, bias, out, row_tile, pair_tile)
+
+
+@njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
 def _conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, row_tile, pair_tile,
                threaded):  # pragma: no cover
     ctx = previous.shape[2]
@@ -198,11 +208,7 @@ def _conv_step(x, previous, replicate, use_elu, alpha, buf, step, w, bias, out, 
     if use_elu:
         _elu_rows(buf, ctx, steps, alpha, threaded)
     _carry(buf, previous, replicate, steps)
-    flat = buf.reshape((buf.shape[0], -1))
-    if threaded:
-        window_conv_parallel(flat, step, w, bias, out, row_tile, pair_tile)
-    else:
-        window_conv(flat, step, w, bias, out, row_tile, pair_tile)
+    _gemm(buf, step, w, bias, out, row_tile, pair_tile, threaded)
 
 
 @njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
@@ -213,11 +219,7 @@ def _convtr_step(x, use_elu, alpha, buf, w, bias, out, partial, out_bias, stride
     _copy_in(x, buf, n - 1)
     if use_elu:
         _elu_rows(buf, n - 1, steps, alpha, threaded)
-    flat = buf.reshape((buf.shape[0], -1))
-    if threaded:
-        window_conv_parallel(flat, buf.shape[2], w, bias, out, row_tile, pair_tile)
-    else:
-        window_conv(flat, buf.shape[2], w, bias, out, row_tile, pair_tile)
+    _gemm(buf, buf.shape[2], w, bias, out, row_tile, pair_tile, threaded)
     _overlap(out.reshape((out.shape[0], -1, partial.shape[1])), partial, out_bias, steps * stride)
 
 
