@@ -241,7 +241,9 @@ def encode_chunks(model: MimiModel, wavs: list[np.ndarray], num_codebooks: int) 
     """Encode a batch of mono clips, padded with zeros to the longest, chunk by chunk.
 
     Yields the codes of each chunk of `model.chunk_frames` frames, exactly as `model.encode`
-    computes them (same chunks through the same streaming state).
+    computes them (same chunks through the same streaming state, and the numba kernels paused
+    as there: chunks this long gain nothing from them, and loading them costs a short file's
+    run ~1 s and ~110 MB).
 
     Args:
         model: the Mimi model.
@@ -253,6 +255,8 @@ def encode_chunks(model: MimiModel, wavs: list[np.ndarray], num_codebooks: int) 
     """
     import torch
 
+    from mimi_codec.modules.gemm import numba_paused
+
     fs = model.frame_size
     frames = max(-(-len(w) // fs) for w in wavs)
     batch = np.zeros((len(wavs), 1, frames * fs), dtype=np.float32)
@@ -262,7 +266,9 @@ def encode_chunks(model: MimiModel, wavs: list[np.ndarray], num_codebooks: int) 
     with torch.no_grad(), model.streaming(len(wavs)):
         for start in range(0, frames * fs, step):
             chunk = torch.from_numpy(batch[:, :, start : start + step])
-            yield model.encode(chunk, num_codebooks=num_codebooks).cpu().numpy()
+            with numba_paused():  # not around the yield: a generator shares its caller's context
+                codes = model.encode(chunk, num_codebooks=num_codebooks)
+            yield codes.cpu().numpy()
 
 
 class ChunkDecoder:
@@ -284,7 +290,10 @@ class ChunkDecoder:
     def _decode(self, codes: np.ndarray) -> None:
         import torch
 
-        wav = self.model.decode(torch.from_numpy(np.ascontiguousarray(codes))[None])
+        from mimi_codec.modules.gemm import numba_paused
+
+        with numba_paused():  # as `model.decode` and `encode_chunks`
+            wav = self.model.decode(torch.from_numpy(np.ascontiguousarray(codes))[None])
         self.parts.append(wav[0, 0].float().cpu().numpy())
 
     def feed(self, codes: np.ndarray) -> int:
