@@ -57,6 +57,11 @@ class Speedups:
     # of PyTorch's ELU (a scalar expm1 per element here, ~1.6 ns with 2 threads): within
     # 0.88 ulp of the true value, as PyTorch's is within 0.75
     numba_elu: bool = True
+    # a streamed call of a SEANet encoder or decoder as one numba call running its
+    # convolutions and residual adds in turn, through numba_conv's own kernel code (same bits),
+    # instead of ~15 calls from Python (~80 us of checks, views and dispatch each); needs
+    # numba (without it, or where a layer does not fit: the layer-by-layer path)
+    fused_seanet: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -89,6 +94,7 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
     from ..modules.conv import CausalConv1d, CausalConvTranspose1d
     from ..modules.gemm import Linear
     from ..modules.huge_pages import move_weights
+    from ..modules.seanet import SeanetDecoder, SeanetEncoder
     from ..modules.transformer import SelfAttention, Transformer, TransformerLayer
     from ..quantization.codebook import Codebook
     from ..quantization.rvq import ResidualVQ
@@ -116,6 +122,9 @@ def apply_speedups(model: nn.Module, speedups: Speedups) -> None:
             m.fused = speedups.fused_layer
         elif isinstance(m, TransformerLayer):
             m._fused_weights.forget()
+        elif isinstance(m, (SeanetEncoder, SeanetDecoder)):
+            m.fused = speedups.fused_seanet
+            m._fused.forget()
     move_weights(model, speedups.huge_pages)
 
 

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..config import SeanetConfig
 from .conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
+from .fused_seanet import FusedSeanet, flatten_states
 
 @dataclass
 class ResBlockState:
@@ -32,9 +33,18 @@ class ResBlockState:
 
 @dataclass
 class SeanetState:
-    """Streaming state of a SEANet encoder or decoder: one entry per layer (None: stateless)."""
+    """Streaming state of a SEANet encoder or decoder: one entry per layer (None: stateless).
+
+    Attributes:
+        layers: the layers' states.
+        flat: one buffer of which every convolution state's tensor is a view (for the
+            `fused_seanet` program; see fused_seanet.flatten_states), or None.
+        conv_states: the `ConvState`s in program order.
+    """
 
     layers: list[ConvState | ConvTrState | ResBlockState | None] = field(default_factory=list)
+    flat: torch.Tensor | None = field(default=None, repr=False)
+    conv_states: list[ConvState] = field(default_factory=list, repr=False)
 
     def reset(self) -> None:
         """Back to the start of a stream."""
@@ -96,11 +106,36 @@ def _run(layers: nn.ModuleList, x: torch.Tensor, states: list) -> torch.Tensor:
 
 
 def _init(layers: nn.ModuleList, batch_size: int) -> SeanetState:
-    return SeanetState([m.init_state(batch_size) if hasattr(m, "init_state") else None
-                        for m in layers])
+    state = SeanetState([m.init_state(batch_size) if hasattr(m, "init_state") else None for m in layers])
+    flatten_states(layers, state)
+    return state
 
 
-class SeanetEncoder(nn.Module):
+class _Seanet(nn.Module):
+    """What the encoder and decoder share: the layers in `model`, their streaming state, and
+    the `fused_seanet` switch."""
+
+    model: nn.ModuleList
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: speedup switch: a streamed call as one numba program (fused_seanet.py).
+        self.fused = False
+        self._fused = FusedSeanet()
+
+    def init_state(self, batch_size: int) -> SeanetState:
+        """A fresh state for `batch_size` streams."""
+        return _init(self.model, batch_size)
+
+    def _forward(self, x: torch.Tensor, state: SeanetState) -> torch.Tensor:
+        if self.fused:
+            y = self._fused.run(self.model, x, state)
+            if y is not None:
+                return y
+        return _run(self.model, x, state.layers)
+
+
+class SeanetEncoder(_Seanet):
     """Audio [B, channels, T] -> latent [B, dimension, T / hop_length]."""
 
     def __init__(self, cfg: SeanetConfig) -> None:
@@ -120,10 +155,6 @@ class SeanetEncoder(nn.Module):
                                           cfg.last_kernel_size, pad_mode=cfg.pad_mode)]
         self.model = nn.ModuleList(layers)
 
-    def init_state(self, batch_size: int) -> SeanetState:
-        """A fresh state for `batch_size` streams."""
-        return _init(self.model, batch_size)
-
     def forward(self, x: torch.Tensor, state: SeanetState) -> torch.Tensor:
         """Args:
             x: [B, channels, T] with T a multiple of hop_length.
@@ -131,10 +162,10 @@ class SeanetEncoder(nn.Module):
         Returns:
             [B, dimension, T / hop_length]
         """
-        return _run(self.model, x, state.layers)
+        return self._forward(x, state)
 
 
-class SeanetDecoder(nn.Module):
+class SeanetDecoder(_Seanet):
     """Latent [B, dimension, S] -> audio [B, channels, S * hop_length]."""
 
     def __init__(self, cfg: SeanetConfig) -> None:
@@ -153,10 +184,6 @@ class SeanetDecoder(nn.Module):
                                           pad_mode=cfg.pad_mode)]
         self.model = nn.ModuleList(layers)
 
-    def init_state(self, batch_size: int) -> SeanetState:
-        """A fresh state for `batch_size` streams."""
-        return _init(self.model, batch_size)
-
     def forward(self, z: torch.Tensor, state: SeanetState) -> torch.Tensor:
         """Args:
             z: [B, dimension, S]
@@ -164,4 +191,4 @@ class SeanetDecoder(nn.Module):
         Returns:
             [B, channels, S * hop_length]
         """
-        return _run(self.model, z, state.layers)
+        return self._forward(z, state)
