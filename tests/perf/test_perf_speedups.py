@@ -276,3 +276,28 @@ def test_the_conv_kernels_load_from_numbas_disk_cache_in_a_new_process() -> None
     subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert second.stdout.split() == ["1", "0"], second.stdout  # loaded, not compiled
+
+
+def test_the_stream_kernels_load_from_numbas_disk_cache_in_a_new_process(fixtures_dir) -> None:
+    """The same for the kernels a streamed frame runs now: the SEANet program
+    (`fused_seanet`), the stacked transformer layers (`fused_layer`) and the RVQ."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from mimi_codec import load_mimi\n"
+        "from mimi_codec.modules import fused_layer, fused_seanet\n"
+        "from mimi_codec.quantization import rvq\n"
+        "torch.set_num_threads(1)\n"
+        "m = load_mimi(sys.argv[1], sys.argv[2])\n"
+        "with torch.no_grad(), m.streaming(1):\n"
+        "    m.decode(m.encode(torch.randn(1, 1, 1920) * 0.1))\n"
+        "for k in (fused_seanet.kernels()[0], fused_layer.kernels()[0], rvq.fused_kernels()[0]):\n"
+        "    print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))\n")
+    args = [sys.executable, "-c", script, str(fixtures_dir / "mimi_tiny.safetensors"),
+            str(fixtures_dir / "mimi_tiny.json")]
+    subprocess.run(args, capture_output=True, text=True, check=True)
+    second = subprocess.run(args, capture_output=True, text=True, check=True)
+    hits = [line.split() for line in second.stdout.splitlines()]
+    assert len(hits) == 3 and all(int(h) >= 1 and m == "0" for h, m in hits), second.stdout
