@@ -1,8 +1,6 @@
-"""The `fused_layer` speedup: a streamed transformer call of 1-4 rows runs as one numba call
-(`_numba_layer.py`) that takes the layers one after the other on numpy arrays, each layer
-fused (~30 small PyTorch ops and 4 GEMMs in PyTorch). One call for all the layers, not one
-per layer, since session 8: the Python and dispatch around a per-layer call cost ~60 us alone
-and ~110 us inside a streamed frame.
+"""The `fused_layer` speedup: a streamed transformer call of 1-4 rows runs each layer as one
+numba kernel (`_numba_layer.py`), the layers one after the other on numpy arrays, instead of
+~30 small PyTorch ops and 4 GEMMs per layer.
 
 The kernel writes the new keys and values straight into the layer's preallocated cache (the
 `kv_buffer` speedup's buffers) and attends over the same slots, with the same mask, as
@@ -51,8 +49,6 @@ class FusedWeights(gemm.EmptyWhenCopied):
         self._modules: tuple[nn.Module, ...] = ()
         self._key: tuple[object, ...] = ()
         self._arrays: tuple["np.ndarray", ...] | None = None
-        #: (the layers' arrays, regrouped per kind) for the stacked kernel (`_by_kind`).
-        self._stack: tuple[list[tuple["np.ndarray", ...]], tuple[tuple["np.ndarray", ...], ...]] | None = None
 
     def forget(self) -> None:
         """Look the submodules and parameters up again on the next call."""
@@ -105,40 +101,22 @@ def try_fused_layers(layers: Sequence["TransformerLayer"], x: torch.Tensor, offs
     weights = [layer._fused_weights.get(layer) for layer in layers]
     if any(w is None for w in weights):
         return None
-    n = len(layers)
-    firsts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
-    contexts, eps = np.empty(n, np.int64), np.empty(n, np.float64)
-    for i, (layer, state) in enumerate(zip(layers, states)):
+    serial, parallel = kernels()  # type: ignore[misc]
+    freqs_np = freqs.numpy()
+    h = x.reshape(B * T, C).contiguous().numpy()
+    for layer, w, state in zip(layers, weights, states):
         attn = layer.self_attn
         context = attn.context
         state.reserve(T, attn.room(state, T))
         first, end = state.start, state.end
-        if state.ring and context is not None and end + T - first > context:
+        ring = state.ring and context is not None
+        if ring and end + T - first > context:
             first = end + T - context
-        firsts[i], ends[i] = first, end
-        contexts[i] = context if context is not None else 0
-        eps[i] = layer.norm1.eps
-    by_kind = _by_kind(weights, layers[0]._fused_weights)  # type: ignore[arg-type]
-    serial, parallel = kernels()  # type: ignore[misc]
-    h = gemm.run_numba(serial, parallel, x.reshape(B * T, C).contiguous().numpy(), T, offset, freqs.numpy(),
-                       firsts, ends, contexts, eps, by_kind[4], by_kind[5], by_kind[0],
-                       tuple(s.key_buf.numpy() for s in states), tuple(s.value_buf.numpy() for s in states),
-                       by_kind[1], by_kind[8], by_kind[6], by_kind[7], by_kind[2], by_kind[3], by_kind[9])
-    for layer, state in zip(layers, states):
-        context = layer.self_attn.context
+        h = gemm.run_numba(serial, parallel, h, T, w[4], w[5], w[0], offset, freqs_np,  # type: ignore[index]
+                           state.key_buf.numpy(), state.value_buf.numpy(), first, end,
+                           context if context is not None else 0, w[1], w[8], w[6], w[7], w[2], w[3], w[9],  # type: ignore[index]
+                           layer.norm1.eps)
         state.end += T
         if context is not None:
-            state.keep_last(context if state.ring else context - 1)
+            state.keep_last(context if ring else context - 1)
     return torch.from_numpy(h).view(B, T, C)
-
-
-def _by_kind(weights: list[tuple[np.ndarray, ...]], holder: FusedWeights) -> tuple[tuple[np.ndarray, ...], ...]:
-    """The layers' arrays regrouped per kind (all the w_qkv, then all the w_out, ...), as the
-    kernel takes them; kept in `holder` (the first layer's) while every layer's arrays are
-    the same objects (`FusedWeights.get` returns the same tuple until a parameter changes)."""
-    kept = holder._stack
-    if kept is not None and len(kept[0]) == len(weights) and all(a is b for a, b in zip(kept[0], weights)):
-        return kept[1]
-    by_kind = tuple(zip(*weights))
-    holder._stack = (list(weights), by_kind)
-    return by_kind

@@ -280,7 +280,7 @@ def test_the_conv_kernels_load_from_numbas_disk_cache_in_a_new_process() -> None
 
 def test_the_stream_kernels_load_from_numbas_disk_cache_in_a_new_process(fixtures_dir) -> None:
     """The same for the kernels a streamed frame runs now: the SEANet program
-    (`fused_seanet`), the stacked transformer layers (`fused_layer`) and the RVQ."""
+    (`fused_seanet`), the transformer layer (`fused_layer`) and the RVQ."""
     import subprocess
     import sys
 
