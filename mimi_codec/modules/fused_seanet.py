@@ -171,37 +171,44 @@ class FusedSeanet(gemm.EmptyWhenCopied):
 
 
 def _build_weights(convs: list[nn.Module]) -> _Weights | None:
-    from .huge_pages import huge_copy
+    """The operands, written straight into their flat arrays (in huge pages with the
+    `huge_pages` switch), one convolution's reordered matrix at a time."""
+    from .huge_pages import huge_empty
 
     if not convs or any(c.gemm_precision != "fp32" or c.weight.dtype != torch.float32  # type: ignore[union-attr]
                         or c.weight.device.type != "cpu" or c.groups != 1 for c in convs):  # type: ignore[union-attr]
         return None
-    mats, biases, where = [], [], []
+    if any(isinstance(c, CausalConvTranspose1d) and c.kernel_size[0] % c.stride[0] for c in convs):
+        return None
+    shapes = [_matrix_shape(c) for c in convs]
+    sizes = [r * k for r, k in shapes]
+    huge = all(c.huge_pages for c in convs)  # type: ignore[union-attr]
+    flat = huge_empty((sum(sizes),), np.float32) if huge else np.empty(sum(sizes), np.float32)
+    biases = np.zeros(sum(r for r, _ in shapes), np.float32)
+    where = []
     w_at = b_at = 0
-    for c in convs:
+    for c, (rows, cols), size in zip(convs, shapes, sizes):
         w = c._parameters["weight"].detach()
-        if isinstance(c, CausalConvTranspose1d):
-            s = c.stride[0]
-            if c.kernel_size[0] % s:
-                return None
-            m = _phases_by_window(s)(w)
-        else:
-            m = _out_by_time(w)
-        m = m.contiguous().numpy()
-        rows, cols = m.shape
+        # one conv's reordered matrix at a time: building peaks at the flat array plus one
+        m = _phases_by_window(c.stride[0])(w) if isinstance(c, CausalConvTranspose1d) else _out_by_time(w)
+        torch.from_numpy(flat[w_at: w_at + size]).view(rows, cols).copy_(m)
         bias = c._parameters["bias"]
-        b = (np.zeros(rows, np.float32) if bias is None
-             else bias.detach().repeat(rows // bias.shape[0]).numpy())
-        pair_tile = max(1, min((rows + 1) // 2, WINDOW_TILE_BYTES // (8 * cols)))
-        where.append((w_at, rows, cols, b_at, pair_tile))
-        mats.append(m.reshape(-1))
-        biases.append(b)
-        w_at += m.size
+        if bias is not None:
+            biases[b_at: b_at + rows] = bias.detach().repeat(rows // bias.shape[0]).numpy()
+        where.append((w_at, rows, cols, b_at, max(1, min((rows + 1) // 2, WINDOW_TILE_BYTES // (8 * cols)))))
+        w_at += size
         b_at += rows
-    flat = np.concatenate(mats)
-    if all(c.huge_pages for c in convs):  # type: ignore[union-attr]
-        flat = huge_copy(flat)
-    return _Weights(flat, np.concatenate(biases).astype(np.float32), where)
+    return _Weights(flat, biases, where)
+
+
+def _matrix_shape(conv: nn.Module) -> tuple[int, int]:
+    """(rows, cols) of a conv's window-GEMM matrix: [C_out, K * C_in] for a conv (weight
+    [C_out, C_in, K]), [stride * C_out, K / stride * C_in] for a transposed one ([C_in, C_out, K])."""
+    a, b, k = conv.weight.shape  # type: ignore[union-attr]
+    if isinstance(conv, CausalConvTranspose1d):
+        s = conv.stride[0]
+        return s * b, k // s * a
+    return a, k * b
 
 
 def _compile(layers: nn.ModuleList, state: SeanetState, weights: _Weights, B: int, C: int, T: int) -> _Program | None:

@@ -92,11 +92,22 @@ def huge_copy(a: np.ndarray) -> np.ndarray:
     is under MIN_BYTES. The region lives as long as the returned array."""
     if not available() or a.nbytes < MIN_BYTES:
         return a
-    arena = Arena(a.nbytes)
-    start = arena.start - arena.bytes.ctypes.data
-    out = arena.bytes[start: start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = huge_empty(a.shape, a.dtype)
     out[...] = a
     return out
+
+
+def huge_empty(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """An uninitialised C-contiguous array in a huge-page region of its own (as `huge_copy`),
+    or an ordinary one where huge pages are unavailable or it is under MIN_BYTES: for a
+    derived form built in place, without a second copy."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    if not available() or nbytes < MIN_BYTES:
+        return np.empty(shape, dtype=dt)
+    arena = Arena(nbytes)
+    start = arena.start - arena.bytes.ctypes.data
+    return arena.bytes[start: start + nbytes].view(dt).reshape(shape)
 
 
 def _view(storage: torch.UntypedStorage, like: torch.Tensor) -> torch.Tensor:

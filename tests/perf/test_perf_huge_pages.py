@@ -144,3 +144,31 @@ def test_the_window_gemms_reordered_weight_copies_live_in_huge_pages() -> None:
             assert _huge_kib(w.ctypes.data) >= 2048
         elif "[madvise]" in huge_pages._THP.read_text():  # ("always" backs ordinary memory too)
             assert _huge_kib(w.ctypes.data) == 0
+
+
+def test_the_seanet_programs_flat_weights_live_in_huge_pages() -> None:
+    """`fused_seanet` writes every conv's window-GEMM matrix into one flat array, built in a
+    huge-page region (`huge_empty`) with the switch on, in ordinary memory without."""
+    from mimi_codec.config import SeanetConfig
+    from mimi_codec.modules import fused_seanet
+    from mimi_codec.modules.seanet import SeanetDecoder
+
+    if fused_seanet.kernels() is None:
+        pytest.skip("numba is not installed")
+    torch.manual_seed(0)
+    dec = SeanetDecoder(SeanetConfig(dimension=512, n_filters=32, ratios=(8, 4)))  # 4 MiB of weights
+    dec.fused = True
+    for huge in (True, False):
+        for m in dec.modules():
+            if hasattr(m, "huge_pages"):
+                m.huge_pages = huge
+        with torch.no_grad():
+            dec(torch.randn(1, 512, 2), dec.init_state(1))
+        flat = dec._fused._weights.weights
+        first = dec.model[0]  # its matrix opens the flat array: [C_out, K * C_in], taps major
+        torch.testing.assert_close(torch.from_numpy(flat[: first.weight.numel()]).view(first.out_channels, -1),
+                                   first.weight.permute(0, 2, 1).reshape(first.out_channels, -1), atol=0, rtol=0)
+        if huge:
+            assert _huge_kib(flat.ctypes.data) >= 2048
+        elif "[madvise]" in huge_pages._THP.read_text():
+            assert _huge_kib(flat.ctypes.data) == 0
