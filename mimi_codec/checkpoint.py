@@ -9,10 +9,14 @@ Only safetensors files are read or written.
 
 from __future__ import annotations
 
+import json
 import re
+import struct
+import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -146,9 +150,17 @@ def load_state(model: MimiModel, tensors: Mapping[str, torch.Tensor], source: st
     model.load_state_dict(mapped, strict=True, assign=assign)
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: str | Path,
+                     place: Callable[[torch.dtype, int], np.ndarray | None] | None = None) -> dict[str, torch.Tensor]:
     """Read every tensor of a safetensors file (on CPU).
 
+    Args:
+        path: the file.
+        place: None: the tensors view the file, memory-mapped by safetensors (pages are read
+            when first touched). Otherwise every tensor is read into memory of its own, with
+            plain file reads: `place(dtype, nbytes)` may give a writable uint8 array of
+            `nbytes` to read it into (e.g. in a huge-page arena), or None for ordinary memory.
+            No part of the file stays mapped, so its pages never count in this process's RSS.
     Raises:
         ValueError: if the file is not safetensors (pickled .pt/.bin files are refused).
     """
@@ -156,11 +168,48 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+        with safe_open(str(path), framework="pt", device="cpu") as f:  # validates the header
+            if place is None:
+                return {k: f.get_tensor(k) for k in f.keys()}
+            names = set(f.keys())
+        return _read_unmapped(path, names, place)
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise ValueError(f"weights file {str(path)!r} is not a readable safetensors file ({exc}); "
                          "only safetensors checkpoints are supported") from exc
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _read_unmapped(path: Path, names: set[str],
+                   place: Callable[[torch.dtype, int], np.ndarray | None]) -> dict[str, torch.Tensor]:
+    """The tensors `names` of a safetensors file (its header already validated by safetensors),
+    each read with readinto: 8 bytes of header size, the JSON header (name -> dtype, shape,
+    data_offsets), then the data, little-endian."""
+    if sys.byteorder != "little":
+        raise ValueError("reading safetensors without mapping them needs a little-endian machine")
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        base = 8 + size
+        for name in sorted(names, key=lambda n: header[n]["data_offsets"][0]):  # in file order
+            info = header[name]
+            dtype = _DTYPES[info["dtype"]]
+            begin, end = info["data_offsets"]
+            if end == begin:  # an empty tensor (a zero-size array cannot be viewed as another dtype)
+                out[name] = torch.empty(info["shape"], dtype=dtype)
+                continue
+            buf = place(dtype, end - begin)
+            if buf is None:
+                buf = np.empty(end - begin, dtype=np.uint8)
+            fh.seek(base + begin)
+            if fh.readinto(memoryview(buf)) != end - begin:
+                raise ValueError(f"tensor {name!r} is cut short")
+            out[name] = torch.from_numpy(buf).view(dtype).reshape(info["shape"])
+    return out
 
 
 def save_mimi(model: MimiModel, path: str | Path) -> None:

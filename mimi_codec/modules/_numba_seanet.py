@@ -19,14 +19,8 @@ from numba import njit
 
 from ._numba_conv import _conv_step, _convtr_step
 from ._numba_gemm import FASTMATH
-
-#: Op kinds (column KIND of a program row).
-CONV, CONVTR, RES_BEGIN, RES_END = 0, 1, 2, 3
-#: Program columns: kind; weight offset, rows, cols; bias offset; state offset, channels,
-#: length; stride; ELU before it (0/1); weight-row pairs per tile; kernel size (conv) or
-#: taps per phase n = K / stride (transposed conv); output channels.
-KIND, W_OFF, W_ROWS, W_COLS, B_OFF, S_OFF, S_CH, S_LEN, STRIDE, ELU, PAIR_TILE, TAPS, C_OUT = range(13)
-COLUMNS = 13
+from .fused_seanet import (B_OFF, C_OUT, CONV, ELU, KIND, PAIR_TILE, RES_BEGIN, RES_END, S_CH, S_LEN, S_OFF,
+                           STRIDE, TAPS, W_COLS, W_OFF, W_ROWS)
 
 
 @njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")

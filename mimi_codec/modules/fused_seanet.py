@@ -18,22 +18,35 @@ grouped conv, a non-identity residual shortcut, steps outside `NUMBA_CONV_STEPS`
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import gemm
-from .conv import (NUMBA_CONV_STEPS, WINDOW_ROW_TILE, WINDOW_TILE_BYTES, CausalConv1d, CausalConvTranspose1d,
-                   ConvState, ConvTrState, _out_by_time, _phases_by_window)
+from .conv import (
+    NUMBA_CONV_STEPS,
+    WINDOW_ROW_TILE,
+    WINDOW_TILE_BYTES,
+    CausalConv1d,
+    CausalConvTranspose1d,
+    ConvState,
+    ConvTrState,
+    _out_by_time,
+    _phases_by_window,
+)
 
 if TYPE_CHECKING:
     from .seanet import SeanetState
 
-# program columns and op kinds: as in _numba_seanet.py (which imports numba, this must not)
+#: Op kinds (column KIND of a program row).
 CONV, CONVTR, RES_BEGIN, RES_END = 0, 1, 2, 3
+#: Program columns: kind; weight offset, rows, cols; bias offset; state offset, channels,
+#: length; stride; ELU before it (0/1); weight-row pairs per tile; kernel size (conv) or
+#: taps per phase n = K / stride (transposed conv); output channels.
 COLUMNS = 13
 KIND, W_OFF, W_ROWS, W_COLS, B_OFF, S_OFF, S_CH, S_LEN, STRIDE, ELU, PAIR_TILE, TAPS, C_OUT = range(COLUMNS)
 
@@ -73,7 +86,8 @@ def _walk(layers: nn.ModuleList, states: list) -> Iterator[tuple[str, nn.Module 
 
 def flatten_states(layers: nn.ModuleList, state: SeanetState) -> None:
     """Make the convolution states of `state` views of one buffer, `state.flat` (their values
-    kept), and list them in program order (`state.streamed`, `state.conv_states`)."""
+    kept, in program order), and list its `ConvState`s in that order (`state.conv_states`).
+    The program finds each state at the same offset in every state made this way."""
     tensors: list[tuple[object, str, torch.Tensor]] = []
     for kind, _, st, _ in _walk(layers, state.layers):
         if kind == "conv" and isinstance(st, ConvState):

@@ -74,14 +74,17 @@ class Arena:
         """True when t's storage lies in this arena."""
         return self.start <= t.untyped_storage().data_ptr() < self.end
 
+    def allocate(self, nbytes: int) -> np.ndarray:
+        """The next `nbytes` of the arena (ALIGN-aligned), as a writable uint8 array."""
+        off = self._used + (-self._used) % ALIGN
+        if off + nbytes > len(self.bytes):
+            raise ValueError(f"arena full: {nbytes} bytes do not fit")
+        self._used = off + nbytes
+        return self.bytes[off: off + nbytes]
+
     def place(self, t: torch.Tensor) -> torch.UntypedStorage:
         """A storage in the arena holding a copy of t's (which t covers whole)."""
-        span = t.untyped_storage().nbytes()
-        off = self._used + (-self._used) % ALIGN
-        if off + span > len(self.bytes):
-            raise ValueError(f"arena full: {span} bytes do not fit")
-        self._used = off + span
-        storage = torch.from_numpy(self.bytes[off: off + span]).untyped_storage()
+        storage = torch.from_numpy(self.allocate(t.untyped_storage().nbytes())).untyped_storage()
         _view(storage, t).copy_(t)
         return storage
 

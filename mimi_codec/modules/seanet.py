@@ -16,6 +16,7 @@ from ..config import SeanetConfig
 from .conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
 from .fused_seanet import FusedSeanet, flatten_states
 
+
 @dataclass
 class ResBlockState:
     """Streaming state of a residual block: one per convolution (shortcut None if identity)."""

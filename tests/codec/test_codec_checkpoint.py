@@ -170,3 +170,36 @@ def test_dtype_and_device(tiny_path, tiny_cfg) -> None:
     assert not model.training
     codes = model.encode(_wav())
     assert codes.dtype == torch.int64 and model.decode(codes).dtype == torch.float64
+
+
+def test_read_without_mapping_places_tensors_and_equals_the_mapped_read(tmp_path) -> None:
+    """`read_safetensors(path, place)` reads every dtype into memory of its own (the arrays
+    `place` gives, else ordinary memory), with the values safetensors' memory-mapped read gives."""
+    import numpy as np
+
+    from mimi_codec.checkpoint import read_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w32": torch.randn(300, 7, generator=g), "w16": torch.randn(5, 3, generator=g).half(),
+               "wbf": torch.randn(4, generator=g).bfloat16(), "i64": torch.arange(6).view(2, 3),
+               "flag": torch.tensor([True, False]), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path))
+    pool = np.zeros(1 << 16, dtype=np.uint8)
+    placed: list[str] = []
+
+    def place(dtype, nbytes):  # the large float32 ones only, as load_mimi's arena
+        if dtype != torch.float32 or nbytes < 1000:
+            return None
+        placed.append(str(nbytes))
+        return pool[:nbytes]
+
+    got = read_safetensors(path, place)
+    mapped = read_safetensors(path)
+    assert got.keys() == mapped.keys() == tensors.keys()
+    for k, t in tensors.items():
+        assert got[k].dtype == t.dtype and torch.equal(got[k], t) and torch.equal(mapped[k], t), k
+    assert placed == [str(300 * 7 * 4)] and got["w32"].data_ptr() == pool.ctypes.data
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        path.write_bytes(path.read_bytes()[:200])
+        read_safetensors(path, place)

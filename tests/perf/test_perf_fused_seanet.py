@@ -17,7 +17,7 @@ from mimi_codec.modules.seanet import SeanetDecoder, SeanetEncoder
 numba_only = pytest.mark.skipif(fused_seanet.kernels() is None, reason="numba is not installed")
 pytestmark = [numba_only, pytest.mark.usefixtures("threads")]
 
-SMALL = dict(dimension=32, n_filters=8, ratios=(4, 3, 2))  # hop 24
+SMALL = {"dimension": 32, "n_filters": 8, "ratios": (4, 3, 2)}  # hop 24
 
 
 def _pair(cls, **cfg):
@@ -111,7 +111,7 @@ def test_weight_edits_are_seen(monkeypatch) -> None:
 @torch.no_grad()
 def test_stays_out_where_it_does_not_apply(monkeypatch) -> None:
     runs = _counting(monkeypatch)
-    ref, fast = _pair(SeanetDecoder, **SMALL)
+    _, fast = _pair(SeanetDecoder, **SMALL)
     x = _inputs(SeanetDecoder, 1, 2, 1)[0]
     fast.model[-1].gemm_precision = "fp16"  # the fp16 decoder option: its GEMMs are not the kernel's
     fast(x, fast.init_state(1))
