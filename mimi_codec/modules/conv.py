@@ -357,7 +357,13 @@ def _build_operands(weight: torch.Tensor, matrix: torch.Tensor, bias: torch.Tens
         w = huge_copy(w)
     b = (np.zeros(cols, dtype=np.float32) if bias is None
          else bias.detach().repeat(cols // bias.shape[0]).contiguous().numpy())
-    return w, b, max(1, min((cols + 1) // 2, WINDOW_TILE_BYTES // (8 * w.shape[1])))
+    return w, b, pairs_per_tile(cols, w.shape[1])
+
+
+def pairs_per_tile(rows: int, cols: int) -> int:
+    """Weight-row pairs per tile of the window GEMM over a [rows, cols] weight matrix: as
+    many as fit in WINDOW_TILE_BYTES, at most half the pairs (one tile per core at least)."""
+    return max(1, min((rows + 1) // 2, WINDOW_TILE_BYTES // (8 * cols)))
 
 
 @functools.cache

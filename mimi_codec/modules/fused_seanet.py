@@ -30,13 +30,13 @@ from . import gemm
 from .conv import (
     NUMBA_CONV_STEPS,
     WINDOW_ROW_TILE,
-    WINDOW_TILE_BYTES,
     CausalConv1d,
     CausalConvTranspose1d,
     ConvState,
     ConvTrState,
     _out_by_time,
     _phases_by_window,
+    pairs_per_tile,
 )
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def _build_weights(convs: list[nn.Module]) -> _Weights | None:
         bias = c._parameters["bias"]
         if bias is not None:
             biases[b_at: b_at + rows] = bias.detach().repeat(rows // bias.shape[0]).numpy()
-        where.append((w_at, rows, cols, b_at, max(1, min((rows + 1) // 2, WINDOW_TILE_BYTES // (8 * cols)))))
+        where.append((w_at, rows, cols, b_at, pairs_per_tile(rows, cols)))
         w_at += size
         b_at += rows
     return _Weights(flat, biases, where)
