@@ -93,7 +93,7 @@ def _huge_arena_for(mimi: MimiModel, path: Path, device: str | torch.device, dty
     float32, the `huge_pages` speedup on and available), else None. Reading into it instead of
     memory-mapping the file, then copying, keeps the file's pages out of the process: loading
     the full-size checkpoint peaked at ~960 MB RSS that way (the mapped file's 384 MB stayed
-    resident until the last small tensor viewing it went), ~570 MB this way."""
+    resident until the last small tensor viewing it went), ~600 MB this way."""
     if not (mimi.speedups.huge_pages and huge_available() and torch.device(device).type == "cpu"
             and dtype == torch.float32 and path.is_file()):
         return None

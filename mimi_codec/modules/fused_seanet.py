@@ -74,9 +74,7 @@ def _walk(layers: nn.ModuleList, states: list) -> Iterator[tuple[str, nn.Module 
             elu = None
         elif isinstance(layer, ResBlock) and elu is None and layer.shortcut is None:
             yield "res_begin", None, st, None
-            convs = iter(st.convs)
-            yield from _walk(layer.block, [next(convs) if isinstance(m, CausalConv1d) else None
-                                           for m in layer.block])
+            yield from _walk(layer.block, layer.layer_states(st))
             yield "res_end", None, st, None
         else:
             yield "other", layer, st, None

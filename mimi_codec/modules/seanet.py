@@ -76,14 +76,18 @@ class ResBlock(nn.Module):
         short = self.shortcut.init_state(batch_size) if self.shortcut is not None else None
         return ResBlockState(convs, short)
 
+    def layer_states(self, state: ResBlockState) -> list[ConvState | None]:
+        """One state per layer of `block` (None for the ELUs), as `_run` takes them."""
+        convs = iter(state.convs)
+        return [next(convs) if isinstance(m, CausalConv1d) else None for m in self.block]
+
     def forward(self, x: torch.Tensor, state: ResBlockState) -> torch.Tensor:
         """Args:
             x: [B, dim, T]
         Returns:
             [B, dim, T]
         """
-        convs = iter(state.convs)
-        y = _run(self.block, x, [next(convs) if isinstance(m, CausalConv1d) else None for m in self.block])
+        y = _run(self.block, x, self.layer_states(state))
         skip = x if self.shortcut is None else self.shortcut(x, state.shortcut)
         return skip + y
 
@@ -106,12 +110,6 @@ def _run(layers: nn.ModuleList, x: torch.Tensor, states: list) -> torch.Tensor:
     return x if elu is None else F.elu(x, elu)
 
 
-def _init(layers: nn.ModuleList, batch_size: int) -> SeanetState:
-    state = SeanetState([m.init_state(batch_size) if hasattr(m, "init_state") else None for m in layers])
-    flatten_states(layers, state)
-    return state
-
-
 class _Seanet(nn.Module):
     """What the encoder and decoder share: the layers in `model`, their streaming state, and
     the `fused_seanet` switch."""
@@ -125,8 +123,10 @@ class _Seanet(nn.Module):
         self._fused = FusedSeanet()
 
     def init_state(self, batch_size: int) -> SeanetState:
-        """A fresh state for `batch_size` streams."""
-        return _init(self.model, batch_size)
+        """A fresh state for `batch_size` streams, its conv states views of one buffer."""
+        state = SeanetState([m.init_state(batch_size) if hasattr(m, "init_state") else None for m in self.model])
+        flatten_states(self.model, state)
+        return state
 
     def _forward(self, x: torch.Tensor, state: SeanetState) -> torch.Tensor:
         if self.fused:
