@@ -31,18 +31,42 @@ class _Net(nn.Module):
         self.tied.weight = self.big.weight
 
 
-def _huge_kib(arena: "huge_pages.Arena | int") -> int:
-    """AnonHugePages of the mapping holding the arena (or an address), from /proc/self/smaps."""
-    where = arena if isinstance(arena, int) else arena.start
+def _smaps(where: "huge_pages.Arena | int", field: str) -> int:
+    """A field of the mapping holding the arena (or an address), from /proc/self/smaps (kB for
+    sizes; 1 or 0 for THPeligible: advised for huge pages, or not)."""
+    where = where if isinstance(where, int) else where.start
     inside = False
     for line in open("/proc/self/smaps"):
         head = line.split()[0]
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(v, 16) for v in head.split("-"))
             inside = lo <= where < hi
-        elif inside and head == "AnonHugePages:":
+        elif inside and head == field + ":":
+            return int(line.split()[1])
+    raise LookupError(f"no {field} for {where:#x} in /proc/self/smaps")
+
+
+def _thp_fallbacks() -> int:
+    """How many huge-page faults found no free 2 MiB page and took 4 KiB ones (/proc/vmstat)."""
+    for line in open("/proc/vmstat"):
+        if line.startswith("thp_fault_fallback "):
             return int(line.split()[1])
     return 0
+
+
+def _assert_huge(where: "huge_pages.Arena | int", fallbacks_before: int) -> None:
+    """The mapping is advised for huge pages (ours to do) and the kernel backed it with them, unless
+    it counted a fault that found no free 2 MiB page since `fallbacks_before` (fragmented memory:
+    the kernel's call, which once failed this check with no fault of ours)."""
+    assert _smaps(where, "THPeligible") == 1
+    backed = _smaps(where, "AnonHugePages")
+    assert backed >= 2048 or _thp_fallbacks() > fallbacks_before, backed
+
+
+def _assert_ordinary(where: "huge_pages.Arena | int") -> None:
+    """Ordinary memory: not advised for huge pages ("always" mode backs ordinary memory too)."""
+    if "[madvise]" in huge_pages._THP.read_text():
+        assert _smaps(where, "THPeligible") == 0 and _smaps(where, "AnonHugePages") == 0
 
 
 def test_large_weights_move_with_values_shapes_and_strides() -> None:
@@ -50,6 +74,7 @@ def test_large_weights_move_with_values_shapes_and_strides() -> None:
     net = _Net()
     net.bigger.weight.data = net.bigger.weight.data.t().contiguous().t()  # input-major strides
     before = {k: (v.clone(), v.stride()) for k, v in net.state_dict().items()}
+    fallbacks = _thp_fallbacks()
     moved = huge_pages.move_weights(net, True)
     arena = net._huge_arena
     assert moved == (512 * 1024 + 2048 * 512) * 4  # the tied weight once, nothing small
@@ -58,7 +83,7 @@ def test_large_weights_move_with_values_shapes_and_strides() -> None:
     assert net.tied.weight is net.big.weight
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
-    assert _huge_kib(arena) >= 2048  # the kernel did back it with huge pages
+    _assert_huge(arena, fallbacks)  # the kernel did back it with huge pages
     assert huge_pages.move_weights(net, True) == moved and net._huge_arena is arena  # no second move
     huge_pages.move_weights(net, False)
     assert net._huge_arena is None and not arena.contains(net.big.weight)
@@ -135,15 +160,16 @@ def test_the_window_gemms_reordered_weight_copies_live_in_huge_pages() -> None:
         conv.numba_conv, conv.huge_pages = True, huge
         conv._packed = type(conv._packed)()
         x = torch.randn(1, conv.in_channels, 2 * conv.stride[0])
+        fallbacks = _thp_fallbacks()
         conv(x)
         (w, _, _), = (entry for _, entry in conv._packed._packed.values())
         torch.testing.assert_close(torch.from_numpy(w), conv.weight.permute(0, 2, 1).reshape(w.shape))
         if conv is pointwise:  # a view of the weight itself: no copy at all
             assert w.ctypes.data == conv.weight.data_ptr()
         elif huge:
-            assert _huge_kib(w.ctypes.data) >= 2048
-        elif "[madvise]" in huge_pages._THP.read_text():  # ("always" backs ordinary memory too)
-            assert _huge_kib(w.ctypes.data) == 0
+            _assert_huge(w.ctypes.data, fallbacks)
+        else:
+            _assert_ordinary(w.ctypes.data)
 
 
 def test_the_seanet_programs_flat_weights_live_in_huge_pages() -> None:
@@ -162,6 +188,7 @@ def test_the_seanet_programs_flat_weights_live_in_huge_pages() -> None:
         for m in dec.modules():
             if hasattr(m, "huge_pages"):
                 m.huge_pages = huge
+        fallbacks = _thp_fallbacks()
         with torch.no_grad():
             dec(torch.randn(1, 512, 2), dec.init_state(1))
         flat = dec._fused._weights.weights
@@ -169,9 +196,9 @@ def test_the_seanet_programs_flat_weights_live_in_huge_pages() -> None:
         torch.testing.assert_close(torch.from_numpy(flat[: first.weight.numel()]).view(first.out_channels, -1),
                                    first.weight.permute(0, 2, 1).reshape(first.out_channels, -1), atol=0, rtol=0)
         if huge:
-            assert _huge_kib(flat.ctypes.data) >= 2048
-        elif "[madvise]" in huge_pages._THP.read_text():
-            assert _huge_kib(flat.ctypes.data) == 0
+            _assert_huge(flat.ctypes.data, fallbacks)
+        else:
+            _assert_ordinary(flat.ctypes.data)
 
 
 def test_load_mimi_reads_the_large_weights_straight_into_huge_pages(tmp_path) -> None:
