@@ -64,13 +64,46 @@ def test_chunk_size_does_not_change_codes(tiny: MimiModel) -> None:
     g = torch.Generator().manual_seed(7)
     wav = torch.randn(2, 1, 1920 * 30 + 5, generator=g) * 0.2
     ref = tiny.encode(wav)
-    saved = tiny.chunk_frames
+    saved = tiny.chunk_frames, tiny.seanet_chunk_frames
     try:
-        for n in (1, 3, 7):
-            tiny.chunk_frames = n
-            assert torch.equal(tiny.encode(wav), ref)
+        for n, pieces in ((1, 1), (3, 2), (7, 7), (7, 3), (30, 4), (125, 25)):
+            tiny.chunk_frames, tiny.seanet_chunk_frames = n, pieces
+            assert torch.equal(tiny.encode(wav), ref), (n, pieces)
     finally:
-        tiny.chunk_frames = saved
+        tiny.chunk_frames, tiny.seanet_chunk_frames = saved
+
+
+def test_the_seanets_take_a_chunk_in_pieces(tiny: MimiModel) -> None:
+    """A whole-file chunk (10 s by default) goes through each SEANet in pieces of
+    `seanet_chunk_frames` frames, so the SEANets' activations stay those of a short piece
+    while the transformers see the whole chunk; codes and audio are the ones-piece path's."""
+    wav = torch.randn(1, 1, 1920 * 30, generator=torch.Generator().manual_seed(3)) * 0.2
+    saved = tiny.chunk_frames, tiny.seanet_chunk_frames
+    names = ("encoder", "decoder", "encoder_transformer", "decoder_transformer")
+    seen: dict[str, list[int]] = {name: [] for name in names}  # the time steps of each call
+
+    def hook(name: str):
+        return lambda module, args: seen[name].append(args[0].shape[-1])
+
+    hooks = [getattr(tiny, name).register_forward_pre_hook(hook(name)) for name in names]
+    try:
+        tiny.chunk_frames, tiny.seanet_chunk_frames = 125, 30
+        codes = tiny.encode(wav)
+        audio = tiny.decode(codes)
+        assert seen == {"encoder": [1920 * 30], "decoder": [60],
+                        "encoder_transformer": [60], "decoder_transformer": [60]}
+        for v in seen.values():
+            v.clear()
+        tiny.seanet_chunk_frames = 7
+        assert torch.equal(tiny.encode(wav), codes)
+        torch.testing.assert_close(tiny.decode(codes), audio, atol=1e-6, rtol=0)
+    finally:
+        tiny.chunk_frames, tiny.seanet_chunk_frames = saved
+        for h in hooks:
+            h.remove()
+    assert seen["encoder"] == [1920 * 7] * 4 + [1920 * 2]  # 30 frames: 4 pieces of 7, then 2
+    assert seen["decoder"] == [14] * 4 + [4]  # the same at 25 Hz, after the upsample
+    assert seen["encoder_transformer"] == [60] and seen["decoder_transformer"] == [60]
 
 
 PEAK_SCRIPT = textwrap.dedent("""
