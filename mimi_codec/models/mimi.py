@@ -25,7 +25,7 @@ from ..modules.transformer import Transformer, TransformerState
 from ..quantization.rvq import SplitResidualVQ
 from .speedups import Speedups, apply_speedups
 
-DEFAULT_CHUNK_FRAMES = 125  # 10 s per chunk in whole-file encode/decode (the transformers' 250-step context)
+DEFAULT_CHUNK_FRAMES = 125  # 10 s per whole-file chunk: the transformers' 250-step context
 DEFAULT_SEANET_CHUNK_FRAMES = 25  # 2 s: the SEANets take a longer call in pieces this long
 
 

@@ -76,7 +76,7 @@ def test_chunk_size_does_not_change_codes(tiny: MimiModel) -> None:
 def test_the_seanets_take_a_chunk_in_pieces(tiny: MimiModel) -> None:
     """A whole-file chunk (10 s by default) goes through each SEANet in pieces of
     `seanet_chunk_frames` frames, so the SEANets' activations stay those of a short piece
-    while the transformers see the whole chunk; codes and audio are the ones-piece path's."""
+    while the transformers see the whole chunk; codes and audio are the one-piece path's."""
     wav = torch.randn(1, 1, 1920 * 30, generator=torch.Generator().manual_seed(3)) * 0.2
     saved = tiny.chunk_frames, tiny.seanet_chunk_frames
     names = ("encoder", "decoder", "encoder_transformer", "decoder_transformer")
