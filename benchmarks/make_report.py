@@ -47,6 +47,8 @@ def stream_table(w: dict[str, Any]) -> list[str]:
         bad, bad10 = int(s.get("code_mismatch_frames", 0)), int(s.get("code_mismatch_frames_first_10s", 0))
         if name == "ours":
             codes = "-"
+        elif "weights_mb" in s:  # the weight-read floor: no codec, no codes
+            codes = f"none: reads the {s['weights_mb']:.0f} MB of weights a frame reads"
         elif bad == 0:
             codes = f"equal, all {int(s['frames'])} frames"
         else:
@@ -102,9 +104,8 @@ def render(data: dict[str, Any]) -> str:
     cpu = mi.get("cpu", {}).get("brand_raw", "?")
     lines = [f"Run(s) ending {data.get('datetime', '?')}: {cpu}, Python {mi.get('python_version', '?')}; "
              f"{data.get('_threads', 'default')} torch threads.", ""]
-    for w in ws:
-        if w["workload"].startswith(("stream", "speedups")):
-            lines += stream_table(w)
+    for kind in ("stream", "speedups"):  # the streamed runs first, however the files were merged
+        lines += [row for w in ws if w["workload"].startswith(kind) for row in stream_table(w)]
     whole = [w for w in ws if w["workload"].startswith("whole-file")]
     if whole:
         lines += whole_table(whole)

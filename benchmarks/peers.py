@@ -92,6 +92,65 @@ class Ours:
         self.stream_stop()
 
 
+
+#: `WeightReadFloor` skips tensors smaller than this.
+SMALL_BYTES = 64 << 10
+
+
+class WeightReadFloor:
+    """Not a codec: each "frame" reads once every weight a streamed frame of `model` reads, a
+    plain `sum` over each tensor in the frame's order (the encode side, then the decode side),
+    and times each side. A streamed frame cannot beat it on this machine's memory; it is the
+    floor the "streaming <= 1.5x our whole-file cost" target is weighed against.
+
+    What a frame reads: the SEANets', transformers' and resampling convs' parameters (the
+    kernels read derived copies of the same size), the quantizer's projections, and per used
+    codebook its distance table (encode) and centroids (decode); tensors under 64 KiB (biases,
+    norms, scales: under 1 MB in all) are left out, so the floor pays no call per small tensor
+    and stays a lower bound.
+
+    Args:
+        model: our MimiModel; its tensors are read in place (in huge pages after `load_mimi`).
+        num_codebooks: codebooks a frame uses.
+    """
+
+    name = "weight-read floor"
+
+    def __init__(self, model: Any, num_codebooks: int = 8) -> None:
+        q = model.quantizer
+        cbs = [*q.semantic.codebooks[: q.n_q_semantic],
+               *q.acoustic.codebooks[: num_codebooks - q.n_q_semantic]]
+
+        def params(*modules: Any) -> list[torch.Tensor]:
+            return [p.detach() for m in modules for p in m.parameters()]
+
+        self.encode_side = params(model.encoder, model.encoder_transformer, model.downsample,
+                                  q.semantic.input_proj, q.acoustic.input_proj)
+        self.encode_side += [cb.distance_table() for cb in cbs]
+        self.decode_side = [cb.embedding for cb in cbs]
+        self.decode_side += params(q.semantic.output_proj, q.acoustic.output_proj, model.upsample,
+                                   model.decoder_transformer, model.decoder)
+        self.encode_side = [t for t in self.encode_side if t.numel() * t.element_size() >= SMALL_BYTES]
+        self.decode_side = [t for t in self.decode_side if t.numel() * t.element_size() >= SMALL_BYTES]
+        self.bytes = sum(t.numel() * t.element_size() for t in self.encode_side + self.decode_side)
+
+    def stream_start(self) -> None:
+        pass
+
+    def stream_stop(self) -> None:
+        pass
+
+    def stream_frame(self, i: int) -> FrameResult:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for t in self.encode_side:
+                t.sum()
+            t1 = time.perf_counter()
+            for t in self.decode_side:
+                t.sum()
+            t2 = time.perf_counter()
+        return FrameResult(t1 - t0, t2 - t1, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
 def reference_python() -> str | None:
     """The peer Python from MIMI_BENCH_REFERENCE_PYTHON, or None when unset or missing."""
     path = os.environ.get("MIMI_BENCH_REFERENCE_PYTHON")

@@ -17,7 +17,9 @@ steps its streaming ring cache lets its output drift from its own whole-input ou
 implementation with its own arithmetic, is counted too.
 
 `test_bench_stream_speedups` runs our model with each speedup switched off in turn, so
-each one's effect is measured on its own.
+each one's effect is measured on its own. `test_bench_stream_floor` puts our frame beside the
+time to read, once, the weights a frame reads (`WeightReadFloor`): what no streamed frame can
+beat on this machine.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import BenchSetup, record
-from peers import FRAME, FrameResult, Ours
+from peers import FRAME, FrameResult, Ours, WeightReadFloor
 
 WARMUP = 3
 
@@ -111,6 +113,21 @@ def test_bench_stream_bria(benchmark: Any, bench_setup: BenchSetup, ours: Ours, 
     if "reference" in summaries:
         assert summaries["reference"]["code_mismatch_frames_first_10s"] == 0
 
+
+
+FLOOR_FRAMES = 40
+
+
+def test_bench_stream_floor(benchmark: Any, bench_setup: BenchSetup, ours: Ours) -> None:
+    floor = WeightReadFloor(ours.model)
+    benchmark.group = "stream-floor"
+    results = _lockstep(benchmark, ours, [floor], FLOOR_FRAMES)
+    summaries = {name: _summary(r) for name, r in results.items()}
+    summaries[floor.name]["weights_mb"] = floor.bytes / 1e6
+    record(benchmark, f"stream beside the weight-read floor ({FLOOR_FRAMES} frames)", summaries,
+           "total_p50_ms")
+    # reading the weights alone must be faster than a frame that reads them and computes
+    assert summaries[floor.name]["total_p50_ms"] < summaries["ours"]["total_p50_ms"]
 
 SPEEDUP_FRAMES = 40
 
