@@ -92,7 +92,6 @@ class Ours:
         self.stream_stop()
 
 
-
 #: `WeightReadFloor` skips tensors smaller than this.
 SMALL_BYTES = 64 << 10
 
@@ -121,18 +120,17 @@ class WeightReadFloor:
         cbs = [*q.semantic.codebooks[: q.n_q_semantic],
                *q.acoustic.codebooks[: num_codebooks - q.n_q_semantic]]
 
-        def params(*modules: Any) -> list[torch.Tensor]:
-            return [p.detach() for m in modules for p in m.parameters()]
+        def large(modules: list[Any], extra: list[torch.Tensor]) -> list[torch.Tensor]:
+            tensors = [p.detach() for m in modules for p in m.parameters()] + extra
+            return [t for t in tensors if t.nbytes >= SMALL_BYTES]
 
-        self.encode_side = params(model.encoder, model.encoder_transformer, model.downsample,
-                                  q.semantic.input_proj, q.acoustic.input_proj)
-        self.encode_side += [cb.distance_table() for cb in cbs]
-        self.decode_side = [cb.embedding for cb in cbs]
-        self.decode_side += params(q.semantic.output_proj, q.acoustic.output_proj, model.upsample,
-                                   model.decoder_transformer, model.decoder)
-        self.encode_side = [t for t in self.encode_side if t.numel() * t.element_size() >= SMALL_BYTES]
-        self.decode_side = [t for t in self.decode_side if t.numel() * t.element_size() >= SMALL_BYTES]
-        self.bytes = sum(t.numel() * t.element_size() for t in self.encode_side + self.decode_side)
+        self.encode_side = large([model.encoder, model.encoder_transformer, model.downsample,
+                                  q.semantic.input_proj, q.acoustic.input_proj],
+                                 [cb.distance_table() for cb in cbs])
+        self.decode_side = large([q.semantic.output_proj, q.acoustic.output_proj, model.upsample,
+                                  model.decoder_transformer, model.decoder],
+                                 [cb.embedding for cb in cbs])
+        self.bytes = sum(t.nbytes for t in self.encode_side + self.decode_side)
 
     def stream_start(self) -> None:
         pass
@@ -150,6 +148,7 @@ class WeightReadFloor:
                 t.sum()
             t2 = time.perf_counter()
         return FrameResult(t1 - t0, t2 - t1, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
 
 def reference_python() -> str | None:
     """The peer Python from MIMI_BENCH_REFERENCE_PYTHON, or None when unset or missing."""

@@ -114,7 +114,6 @@ def test_bench_stream_bria(benchmark: Any, bench_setup: BenchSetup, ours: Ours, 
         assert summaries["reference"]["code_mismatch_frames_first_10s"] == 0
 
 
-
 FLOOR_FRAMES = 40
 
 
@@ -128,6 +127,7 @@ def test_bench_stream_floor(benchmark: Any, bench_setup: BenchSetup, ours: Ours)
            "total_p50_ms")
     # reading the weights alone must be faster than a frame that reads them and computes
     assert summaries[floor.name]["total_p50_ms"] < summaries["ours"]["total_p50_ms"]
+
 
 SPEEDUP_FRAMES = 40
 

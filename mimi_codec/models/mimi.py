@@ -97,7 +97,7 @@ class MimiModel(nn.Module):
         self.decoder_transformer = Transformer(config.transformer)
         self.decoder = SeanetDecoder(config.seanet)
         self.num_codebooks = num_codebooks
-        #: frames per call when whole-file `encode`/`decode` feed the streaming code (memory bound)
+        #: frames per call when whole-file `encode`/`decode` feed the streaming code (bounds memory)
         self.chunk_frames = DEFAULT_CHUNK_FRAMES
         #: frames per SEANet call within a longer call (their activations are the large ones)
         self.seanet_chunk_frames = DEFAULT_SEANET_CHUNK_FRAMES
