@@ -1,7 +1,9 @@
-"""Paths shared by every test folder. Test files need unique basenames across folders."""
+"""Paths shared by every test folder, and the `background` marker. Test files need unique
+basenames across folders."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,37 @@ def fixtures_dir() -> Path:
 def data_dir() -> Path:
     """Folder of real recordings (see data/PROVENANCE.md)."""
     return DATA
+
+
+_BACKGROUND = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `background` go last (keeping their order), so that their processes, started
+    when collection ends, run beside every other test before they are waited for."""
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the process of each selected test marked `background(start=...)`: `start()`."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        if marker is not None:
+            item.stash[_BACKGROUND] = marker.kwargs["start"]()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Kill what is left of the background processes (the run stopped before their tests)."""
+    for item in session.items:
+        proc = item.stash.get(_BACKGROUND, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture
+def background_process(request: pytest.FixtureRequest) -> subprocess.Popen:
+    """The process that this test's `background(start=...)` marker started when collection ended."""
+    return request.node.stash[_BACKGROUND]

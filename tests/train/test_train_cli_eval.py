@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from forkrun import run_command
 from trainutil import tiny_train_config, write_tone_data
 
 from mimi_codec.audio import load_audio
@@ -58,10 +58,16 @@ def test_reference_codecs_round_trip(data_dir: Path) -> None:
     assert 1.0 < c2.pesq < op.pesq < 4.0
 
 
+# what `mimi train` and `mimi eval` import before they read their arguments
+PRELOAD = ("torch", "rich.progress", "rich.table", "mimi_codec.train", "mimi_codec.train.evaluate",
+           "mimi_moshi_cli.mimi", "mimi_moshi_cli.train")
+
+
 def _mimi(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mimi ARGS...` in a new process (forked from a warm interpreter: tests/forkrun.py), one thread."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", "from mimi_moshi_cli.mimi import main; main()", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = run_command("mimi_moshi_cli.mimi:main", ["mimi", *args], PRELOAD, env=env, timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 def test_cli_train_resume_and_eval(tmp_path: Path) -> None:
