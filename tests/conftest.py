@@ -4,6 +4,7 @@ basenames across folders."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the process of each selected test marked `background(start=...)`: `start()`."""
+    """Start the process of each selected test marked `background(script, *args)`:
+    `python -c script args...`."""
     if session.config.option.collectonly:
         return
     for item in session.items:
         marker = item.get_closest_marker("background")
         if marker is not None:
-            item.stash[_BACKGROUND] = marker.kwargs["start"]()
+            item.stash[_BACKGROUND] = subprocess.Popen([sys.executable, "-c", *marker.args], stdout=subprocess.PIPE,
+                                                       stderr=subprocess.PIPE, text=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -54,6 +57,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture
-def background_process(request: pytest.FixtureRequest) -> subprocess.Popen:
-    """The process that this test's `background(start=...)` marker started when collection ended."""
-    return request.node.stash[_BACKGROUND]
+def background_output(request: pytest.FixtureRequest) -> str:
+    """What the process of this test's `background(script, *args)` marker printed on stdout;
+    waits for it to end, and fails the test (showing its stderr) if it did not exit with 0."""
+    proc = request.node.stash[_BACKGROUND]
+    stdout, stderr = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, stderr
+    return stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -153,18 +151,11 @@ LONG_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _start_long_conversation() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", LONG_SCRIPT, str(FIXTURES)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
-@pytest.mark.background(start=_start_long_conversation)
-def test_five_thousand_steps_flat_memory(background_process: subprocess.Popen) -> None:
+@pytest.mark.background(LONG_SCRIPT, str(FIXTURES))
+def test_five_thousand_steps_flat_memory(background_output: str) -> None:
     """A conversation runs past the 3000-step context with constant memory."""
-    stdout, stderr = background_process.communicate(timeout=1800)
-    assert background_process.returncode == 0, stderr
-    res = json.loads(stdout.splitlines()[-1])
+    res = json.loads(background_output.splitlines()[-1])
     assert res["step"] == 5000
     assert res["same_rings"]  # the same preallocated rings
     assert res["ring_length"] == 3000
