@@ -4,11 +4,12 @@ The CLI tests run `mimi ...` dozens of times. A new interpreter spends ~3 s of a
 machine importing torch and the codec before a command starts, which is most of each call on
 the tiny test model. A zygote, started once per (preload, environment), imports those modules
 and then forks one child per command. The child is a new process with its own pid, standard
-streams, working directory and exit status; it runs the console script's entry point the way
-the installed script does (`sys.exit(main())`, `sys.argv[0]` the command's name), then exits as the interpreter
-would: the SystemExit's status, atexit handlers, stream flushes (the teardown of every module
-is left out: it has no effect outside the process). What a test checks (exit status,
-stdout and stderr bytes, files written) is the child's own.
+streams, working directory, environment and exit status. It runs the console script's entry
+point the way the installed script does (`sys.exit(main())`, `sys.argv[0]` the command's
+name), then exits as the interpreter would: the SystemExit's status, atexit handlers, stream
+flushes (the teardown of every module is left out: it has no effect outside the process and
+costs ~1 s with torch loaded). What a test checks (exit status, stdout and stderr bytes, files
+written) is the child's own.
 
 Not for what must start from an interpreter that has imported nothing (lazy imports, a
 module left unloaded): those tests run the real executable.
