@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mimi_moshi_chat.backends._sharing import clone_sharing_weights
 from mimi_moshi_chat.backends.base import ChatBackend, ChatSession, StepOutput, check_frame
 from mimi_moshi_chat.protocol import SamplingSettings
 
@@ -31,7 +30,7 @@ class EchoSession(ChatSession):
     """One conversation with the echo: its own Mimi streaming state and delay line.
 
     Args:
-        mimi: this session's model (a weight-sharing clone).
+        mimi: this session's model (`MimiModel.copy_sharing_weights`).
         delay_frames: frames of silence before the echo starts.
         device: where the codec runs.
     """
@@ -64,7 +63,7 @@ class EchoSession(ChatSession):
 
 
 class EchoBackend(ChatBackend):
-    """Mimi round trip with a delay, one weight-sharing model clone per session.
+    """Mimi round trip with a delay, one weight-sharing model copy per session.
 
     Args:
         mimi: a loaded Mimi model (from `mimi_codec.load_mimi`).
@@ -107,4 +106,4 @@ class EchoBackend(ChatBackend):
         Args:
             settings: ignored.
         """
-        return EchoSession(clone_sharing_weights(self.mimi), self.delay_frames, self.device)
+        return EchoSession(self.mimi.copy_sharing_weights(), self.delay_frames, self.device)

@@ -3,7 +3,7 @@
 Per step the pipeline encodes the user's frame to Mimi codes, the generator produces Moshi's
 next frame (text token + audio codes), Mimi decodes the audio and the text token becomes a
 piece unless it is padding. The weights exist once (`moshi_lm.load_moshi`); each session has
-its own pipeline: a weight-sharing Mimi clone and its own `LMGen` with the client's sampling
+its own pipeline: a weight-sharing Mimi copy and its own `LMGen` with the client's sampling
 settings (over the repository's defaults).
 
 As kyutai's server does, the very first user frame is encoded and then dropped with the
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from mimi_moshi_chat.backends import BackendOptions
-from mimi_moshi_chat.backends._sharing import clone_sharing_weights
 from mimi_moshi_chat.backends.base import ChatBackend, ChatSession, StepOutput, check_frame
 from mimi_moshi_chat.protocol import SamplingSettings
 
@@ -54,7 +53,7 @@ class MoshiSession(ChatSession):
     """One conversation: its own pipeline inside its streaming context.
 
     Args:
-        pipeline: this session's pipeline (weight-sharing Mimi clone, own generator).
+        pipeline: this session's pipeline (weight-sharing Mimi copy, own generator).
         device: where the models run.
     """
 
@@ -136,6 +135,6 @@ class MoshiBackend(ChatBackend):
         if ignored:
             log.info("moshi backend: ignoring unsupported sampling settings %s", ignored)
         models = self.models
-        pipeline = DuplexPipeline(models.generator(**generator_kwargs(settings)), clone_sharing_weights(models.mimi),
+        pipeline = DuplexPipeline(models.generator(**generator_kwargs(settings)), models.mimi.copy_sharing_weights(),
                                   models.tokenizer)
         return MoshiSession(pipeline, self.device)

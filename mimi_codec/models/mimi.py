@@ -11,6 +11,7 @@ a call has (a 60 s encode's transformer: 2.3 s in 2 s chunks, 1.2-1.35 s in 10 s
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..config import MimiConfig
 from ..modules.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
-from ..modules.gemm import numba_paused
+from ..modules.gemm import EmptyWhenCopied, numba_paused
 from ..modules.seanet import SeanetDecoder, SeanetEncoder, SeanetState
 from ..modules.transformer import Transformer, TransformerState
 from ..quantization.rvq import SplitResidualVQ
@@ -271,6 +272,27 @@ class MimiModel(nn.Module):
         with self.streaming(batch_size):
             self.decode(self.encode(torch.zeros(batch_size, self.channels, self.frame_size,
                                                 dtype=p.dtype, device=p.device)))
+
+    def copy_sharing_weights(self) -> MimiModel:
+        """A model for another stream (a server's session): its own module objects, so its own
+        `streaming()` state, while the parameters, buffers and what the speedups derive from
+        them (packed and reordered weights, the SEANet programs, the distance tables) are this
+        model's own objects. Memory holds them once however many copies stream, and after
+        `warmup()` on this model a copy's first frame costs what any frame does (a plain deep
+        copy rebuilds them: ~200-450 ms for the full-size model). A weight changed on one is
+        changed on both. Streams of the copies may run in separate threads.
+
+        Raises:
+            ValueError: called inside `streaming()`.
+        """
+        if self._stream is not None:
+            raise ValueError("copy_sharing_weights() inside streaming(): copy the model before opening the stream")
+        memo: dict[int, object] = {}
+        for module in self.modules():
+            for value in (*module._parameters.values(), *module._buffers.values(), *vars(module).values()):
+                if isinstance(value, (torch.Tensor, EmptyWhenCopied)):
+                    memo[id(value)] = value
+        return copy.deepcopy(self, memo)
 
     # --------------------------------------------------------------------- checks
     def _check_wav(self, wav: object) -> torch.Tensor:

@@ -53,7 +53,7 @@ def test_echo_sessions_do_not_share_state(echo):
     a.close(), b.close()
     np.testing.assert_allclose(np.stack(out_a)[3:], reference_roundtrip(a_frames)[:-3], atol=1e-6, rtol=0)
     np.testing.assert_allclose(np.stack(out_b)[3:], reference_roundtrip(b_frames)[:-3], atol=1e-6, rtol=0)
-    # The sessions are clones sharing the weights, not copies of them.
+    # The sessions are model copies sharing the weights, not copies of them.
     assert a._mimi is not echo.mimi
     assert next(a._mimi.parameters()).data_ptr() == next(echo.mimi.parameters()).data_ptr()
 
